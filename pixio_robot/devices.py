@@ -1,0 +1,34 @@
+"""Choosing the device and the compute dtype from config strings."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import PixioError
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise PixioError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PixioError(f"device={name} but no CUDA GPU is visible: use device=cpu")
+    return device
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise PixioError(f"dtype={name!r} is not supported: use one of float32, bfloat16, float16")
+    return DTYPES[name]

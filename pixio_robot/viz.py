@@ -1,0 +1,200 @@
+"""Visualisation helpers shared by every package: Rerun recordings, PNG grids, scalar logs.
+
+- `rerun_recording(path)`: a Rerun `RecordingStream` that writes `path` (.rrd) atomically;
+- `rrd_entities(path)`: the entity paths a recording holds (what tests check);
+- `image_grid` / `save_png`: side-by-side images with labels, written atomically;
+- `ScalarLog`: training scalars to a CSV file and, optionally, to a Rerun recording.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .atomic import atomic_path, write_bytes
+from .errors import PixioError
+
+
+@contextlib.contextmanager
+def rerun_recording(path: str | os.PathLike, application_id: str = "pixio_robot") -> Iterator:
+    """Log into the yielded stream; `path` appears complete when the block ends, never half."""
+    import rerun as rr
+
+    path = Path(path)
+    if path.suffix != ".rrd":
+        raise PixioError(f"{path}: Rerun recordings are .rrd files: name it *.rrd")
+    with atomic_path(path) as tmp:
+        rec = rr.RecordingStream(application_id)
+        rec.save(str(tmp))
+        try:
+            yield rec
+        finally:
+            rec.flush()
+            rec.disconnect()
+
+
+def rrd_entities(path: str | os.PathLike) -> set[str]:
+    """Entity paths logged in a recording (without Rerun's own `/__properties`)."""
+    from rerun.chunk import RrdReader
+
+    try:
+        chunks = list(RrdReader(str(path)).stream())
+    except Exception as e:
+        raise PixioError(f"{path}: not a readable Rerun recording ({e})") from e
+    return {c.entity_path for c in chunks if not c.entity_path.startswith("/__")}
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float [0, 1] or uint8, (H, W), (H, W, 1) or (H, W, 3) -> uint8 (H, W, 3)."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        a = (np.clip(np.nan_to_num(a.astype(np.float32)), 0, 1) * 255 + 0.5).astype(np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return a
+
+
+def colorize(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """A scalar map (depth, error) as a uint8 RGB image with matplotlib's viridis."""
+    from matplotlib import colormaps
+
+    v = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(v)
+    lo = float(v[finite].min()) if lo is None and finite.any() else (lo or 0.0)
+    hi = float(v[finite].max()) if hi is None and finite.any() else (hi or 1.0)
+    t = np.where(finite, (v - lo) / max(hi - lo, 1e-12), 0.0)
+    return (colormaps["viridis"](np.clip(t, 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | None = None, pad: int = 2) -> np.ndarray:
+    """Rows of equally sized images as one uint8 image; `labels` head the columns."""
+    cells = [[to_uint8(im) for im in row] for row in rows]
+    h, w = cells[0][0].shape[:2]
+    n_cols = max(len(r) for r in cells)
+    top = 14 if labels else 0
+    grid = np.full((top + len(cells) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(cells):
+        for j, im in enumerate(row):
+            if im.shape[:2] != (h, w):
+                im = np.asarray(Image.fromarray(im).resize((w, h), Image.NEAREST))
+            y, x = top + pad + i * (h + pad), pad + j * (w + pad)
+            grid[y : y + h, x : x + w] = im
+    if labels:
+        img = Image.fromarray(grid)
+        draw = ImageDraw.Draw(img)
+        for j, text in enumerate(labels):
+            draw.text((pad + j * (w + pad) + 2, 1), text, fill=(0, 0, 0))
+        grid = np.asarray(img)
+    return grid
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+class ScalarLog:
+    """Scalars per step to `csv_path` (one row per call, flushed) and to a Rerun stream.
+
+    Opening with `resume_step` drops rows logged after that step (they belong to the part of an
+    interrupted run that is about to be redone), so a resumed run's CSV reads as one run.
+    """
+
+    def __init__(self, csv_path: str | os.PathLike, recording=None, resume_step: int | None = None):
+        self.path = Path(csv_path)
+        self.rec = recording
+        self.columns: list[str] | None = None
+        rows: list[dict] = []
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
+            if rows:
+                self.columns = list(rows[0])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            if self.columns:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        self._file = open(self.path, "a", newline="")
+
+    def log(self, step: int, **values: float) -> None:
+        if self.columns is None:
+            self.columns = ["step", *values]
+            csv.DictWriter(self._file, self.columns).writeheader()
+        row = {"step": step} | {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()}
+        csv.DictWriter(self._file, self.columns, extrasaction="ignore").writerow(row)
+        self._file.flush()
+        if self.rec is not None:
+            import rerun as rr
+
+            self.rec.set_time("step", sequence=step)
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.rec.log(f"metrics/{k}", rr.Scalars([float(v)]))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ScalarLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ply_to_recording(ply: str | os.PathLike, rrd: str | os.PathLike) -> Path:
+    """A point cloud file as a Rerun recording (points with their colours)."""
+    import open3d as o3d
+    import rerun as rr
+
+    cloud = o3d.io.read_point_cloud(str(ply))
+    if cloud.is_empty():
+        raise PixioError(f"{ply}: no points could be read: is it a point-cloud .ply/.pcd file?")
+    points = np.asarray(cloud.points, dtype=np.float32)
+    colors = np.asarray(cloud.colors, dtype=np.float32) if cloud.has_colors() else None
+    with rerun_recording(rrd) as rec:
+        rec.log("world", rr.ViewCoordinates.RIGHT_HAND_Z_UP, static=True)
+        rec.log(f"world/{Path(ply).stem}", rr.Points3D(points, colors=colors), static=True)
+    return Path(rrd)
+
+
+def view(cfg) -> int:
+    """Open a .rrd recording or a point cloud in the Rerun viewer (native, or web on localhost)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    path = Path(cfg.file)
+    if not path.exists():
+        raise PixioError(f"{path}: no such file")
+    with tempfile.TemporaryDirectory() as tmp:
+        if path.suffix in (".ply", ".pcd", ".xyz"):
+            path = ply_to_recording(path, Path(tmp) / f"{path.stem}.rrd")
+        elif path.suffix != ".rrd":
+            raise PixioError(f"{path}: view opens .rrd recordings and .ply/.pcd point clouds")
+        cmd = [sys.executable, "-m", "rerun", str(path)]
+        if cfg.web:
+            cmd += [
+                "--web-viewer",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(cfg.port),
+                "--web-viewer-port",
+                str(cfg.web_port),
+            ]
+            print(f"web viewer on http://127.0.0.1:{cfg.web_port} (Ctrl-C to stop)")
+        return subprocess.call(cmd)
