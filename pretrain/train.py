@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,6 +199,9 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
             blk.compile()
     ddp = model
     if env.distributed:
+        # The class token's gradient is a slice of the gradient of the concatenated class and
+        # register tokens (timm's layout); DDP copies it into its bucket and warns once per rank.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     plan = BatchPlan(
