@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 from pixio_robot.atomic import TMP_PREFIX, atomic_path
+from pixio_robot.encoder import PixioViT
 from pixio_robot.errors import PixioError
+
+from .configuration_pixio import ModelConfig
+from .modeling_distill import DistillModel
+from .modeling_pixio import PixioPretrainModel
 
 FORMAT = "pixio-robot/training-checkpoint"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -62,7 +67,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _read(path: Path) -> dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: ranks resuming a large run share the file's pages instead of each reading a copy
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         raise PixioError(f"{path}: not a readable training checkpoint ({e.__class__.__name__})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -72,6 +78,21 @@ def _read(path: Path) -> dict:
         )
     ckpt["path"] = str(path)
     return ckpt
+
+
+def load_trained(path: str | Path) -> tuple[dict, torch.nn.Module]:
+    """(checkpoint, trained module in eval mode) from a run folder or a step-*.pt file."""
+    ckpt = load_checkpoint(path)
+    cfg = json.loads(ckpt["config"])
+    encoder = PixioViT(**json.loads(ckpt["encoder"]))
+    if ckpt["kind"] == "pretrain":
+        model = PixioPretrainModel(ModelConfig(**cfg["model"]), encoder)
+    else:
+        s = cfg["student"]
+        teacher_dim = ckpt["model"]["projector.3.weight"].shape[0]
+        model = DistillModel(encoder, teacher_dim, s["image_size"], s["mask_grid"], s["mask_ratio"])
+    model.load_state_dict(ckpt["model"])
+    return ckpt, model.eval()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -87,8 +87,8 @@ def run_curate(cfg) -> int:
     from pixio_robot.atomic import write_json
     from pixio_robot.devices import pick_device, pick_dtype
 
+    from .checkpointing import load_trained
     from .data import _READ_ERRORS, center_square, find_sources, shard_samples, to_model_input
-    from .view import load_trained
 
     out = Path(cfg.out)
     if out.suffix != ".json":

@@ -259,6 +259,33 @@ def find_sources(specs: list[str], cameras: list[str] = (), frame_stride: int = 
     return Sources(index=index)
 
 
+def check_readable(sources: Sources) -> None:
+    """Fail at once, with one line, when the first images tried cannot be read at all."""
+    errors = []
+    if sources.index is not None:
+        index, n = sources.index, len(sources.index)
+        for i in sorted({0, n // 3, (2 * n) // 3, n - 1}):
+            try:
+                index.read(i)
+                return
+            except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
+                errors.append(f"{index.key(i)}: {e.__class__.__name__}")
+    else:
+        for url in sources.shards[:3]:
+            for _, key, data in shard_samples(url):
+                try:
+                    with Image.open(io.BytesIO(data)) as im:
+                        im.convert("RGB")
+                    return
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{key}: {e.__class__.__name__}")
+                if len(errors) >= 8:
+                    break
+            else:
+                errors.append(f"{url}: no image entries")
+    raise PixioError(f"none of the images tried could be read ({'; '.join(errors[:2])}): check data.sources")
+
+
 def _is_shard_spec(spec: str) -> bool:
     return bool(_URL.match(spec)) and not spec.startswith("file:") or spec.endswith(_SHARD_SUFFIXES) or "{" in spec
 
@@ -344,28 +371,29 @@ class IndexedBatches(torch.utils.data.IterableDataset, _Batcher):
         self.index = index
         self.start_micro = start_micro
         self.accept_p = curation.probabilities([index.key(i) for i in range(len(index))]) if curation else None
-        self._epochs: list[np.ndarray] = []
-        self._ends: list[int] = []
+        self._ends: list[int] = []  # stream position where each epoch ends
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))  # one epoch's order, cached
 
     def epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order[0] == epoch:
+            return self._order[1]
         n = len(self.index)
         order = sample_rng(self.plan.seed, epoch, _PERMUTE).permutation(n)
         if self.accept_p is not None:
             u = sample_rng(self.plan.seed, epoch, _ACCEPT).random(n)
             order = order[u[order] < self.accept_p[order]]
+        self._order = (epoch, order)
         return order
 
     def locate(self, position: int) -> tuple[int, int]:
-        """Stream position -> (epoch, image index)."""
+        """Stream position -> (epoch, image index). Only the epoch lengths are kept (with
+        curation they vary), and the order of the epoch in use."""
         while not self._ends or self._ends[-1] <= position:
-            order = self.epoch_order(len(self._epochs))
-            if len(self._epochs) > 1000 and not self._ends[-1]:
-                raise PixioError("curation accepts no image: check data.curation and data.min_color_entropy")
-            self._epochs.append(order)
-            self._ends.append((self._ends[-1] if self._ends else 0) + len(order))
+            length = len(self.epoch_order(len(self._ends)))
+            self._ends.append((self._ends[-1] if self._ends else 0) + length)
         epoch = int(np.searchsorted(self._ends, position, side="right"))
         begin = self._ends[epoch - 1] if epoch else 0
-        return epoch, int(self._epochs[epoch][position - begin])
+        return epoch, int(self.epoch_order(epoch)[position - begin])
 
     def micro_positions(self, k: int) -> range:
         p = self.plan

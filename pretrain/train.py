@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import os
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -55,9 +53,9 @@ from .data import (
     IndexedBatches,
     ShardBatches,
     Sources,
+    check_readable,
     find_sources,
     make_loader,
-    shard_samples,
     to_model_input,
 )
 from .modeling_distill import DistillModel, teacher_tokens
@@ -169,7 +167,7 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
 
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     sources = find_sources(cfg.data.sources, cfg.data.cameras, cfg.data.frame_stride)
-    _probe(sources)
+    check_readable(sources)
     curation = (
         Curation.load(cfg.data.curation, cfg.data.min_color_entropy, cfg.data.min_image_side)
         if cfg.data.curation
@@ -293,33 +291,6 @@ def _dataset(sources: Sources, plan: BatchPlan, num_workers: int, step: int, pos
             )
         states = {int(c): s for c, s in position["consumers"].items()}
     return ShardBatches(sources.shards, plan, workers, states, offset=micro_done % workers, curation=curation)
-
-
-def _probe(sources: Sources) -> None:
-    """Fail at once, with one line, when the first images tried cannot be read at all."""
-    errors = []
-    if sources.index is not None:
-        index, n = sources.index, len(sources.index)
-        for i in sorted({0, n // 3, (2 * n) // 3, n - 1}):
-            try:
-                index.read(i)
-                return
-            except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
-                errors.append(f"{index.key(i)}: {e.__class__.__name__}")
-    else:
-        for url in sources.shards[:3]:
-            for _, key, data in shard_samples(url):
-                try:
-                    with Image.open(io.BytesIO(data)) as im:
-                        im.convert("RGB")
-                    return
-                except Exception as e:  # noqa: BLE001
-                    errors.append(f"{key}: {e.__class__.__name__}")
-                if len(errors) >= 8:
-                    break
-            else:
-                errors.append(f"{url}: no image entries")
-    raise PixioError(f"none of the images tried could be read ({'; '.join(errors[:2])}): check data.sources")
 
 
 @contextlib.contextmanager

@@ -9,43 +9,24 @@ recording with the same panels and each image's loss.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from pixio_robot.checkpoints import save_encoder
 from pixio_robot.devices import pick_device
-from pixio_robot.encoder import IMAGENET_MEAN, IMAGENET_STD, PixioViT
+from pixio_robot.encoder import IMAGENET_MEAN, IMAGENET_STD
 from pixio_robot.errors import PixioError
 from pixio_robot.images import list_images, read_image
 from pixio_robot.viz import image_grid, rerun_recording, save_png
 
-from .checkpointing import load_checkpoint
+from .checkpointing import load_trained
 from .commands import ExportConfig, ReconstructConfig
-from .configuration_pixio import ModelConfig
 from .data import center_square, to_model_input
-from .modeling_distill import DistillModel
 from .modeling_pixio import PixioPretrainModel, patchify, unpatchify
 
 PANELS = ("input", "visible", "prediction", "target")
-
-
-def load_trained(path: str | Path) -> tuple[dict, nn.Module]:
-    """(checkpoint, trained module in eval mode) from a run folder or a step-*.pt file."""
-    ckpt = load_checkpoint(path)
-    cfg = json.loads(ckpt["config"])
-    encoder = PixioViT(**json.loads(ckpt["encoder"]))
-    if ckpt["kind"] == "pretrain":
-        model = PixioPretrainModel(ModelConfig(**cfg["model"]), encoder)
-    else:
-        s = cfg["student"]
-        teacher_dim = ckpt["model"]["projector.3.weight"].shape[0]
-        model = DistillModel(encoder, teacher_dim, s["image_size"], s["mask_grid"], s["mask_ratio"])
-    model.load_state_dict(ckpt["model"])
-    return ckpt, model.eval()
 
 
 def _check_out(path: Path, overwrite: bool, suffix: str) -> None:

@@ -15,9 +15,8 @@ from test_pretrain_data import _keep_threads, make_images, run_args  # noqa: F40
 from pixio_robot import load_encoder, save_encoder
 from pixio_robot.cli import main
 from pixio_robot.viz import rrd_entities
-from pretrain.checkpointing import list_checkpoints, load_checkpoint
+from pretrain.checkpointing import list_checkpoints, load_checkpoint, load_trained
 from pretrain.modeling_pixio import PixioPretrainModel
-from pretrain.view import load_trained
 
 
 def losses(run_dir) -> list[float]:
