@@ -10,17 +10,16 @@ positional embedding is fixed sin-cos where Pixio's is learned; nothing else dif
 
 A training step = forward under autocast (bfloat16, the recipe's precision) or in float32,
 backward, optimizer step. The models run alternately in one process; each figure is the
-median over the timed steps. A last row shows lightly with timm's math attention, the kernel
+best of the timed steps. A last row shows lightly with timm's math attention, the kernel
 choice behind most of the bfloat16 gain (see `set_attention` in pretrain/modeling_pixio.py).
 
-    uv run python benchmarks/pretrain.py [--batch 16] [--reps 3] [--decoders 8 32] [--dtypes bfloat16 float32]
+    uv run python benchmarks/pretrain.py [--batch 16] [--reps 5] [--decoders 8 32] [--dtypes bfloat16 float32]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -92,7 +91,9 @@ def train_step(model, optimizer, images, noise, dtype) -> None:
 
 
 def time_alternating(steps: dict, reps: int) -> dict[str, float]:
-    """Median seconds per step, the candidates in turn each repetition (after one warm-up)."""
+    """Seconds per step, the candidates in turn each repetition (after one warm-up). The best
+    of the repetitions: on a shared machine other jobs only ever add time, and taking turns
+    gives each candidate the same chances of a quiet moment."""
     for fn in steps.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -101,14 +102,14 @@ def time_alternating(steps: dict, reps: int) -> dict[str, float]:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--image", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--decoders", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

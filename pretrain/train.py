@@ -108,7 +108,8 @@ class Objective:
 def pretrain_objective(cfg: PretrainConfig, device: torch.device) -> Objective:
     encoder = None
     if cfg.model.init:
-        encoder = load_encoder(cfg.model.init)
+        # size= checks the checkpoint against model.encoder; the stochastic depth is the run's
+        encoder = load_encoder(cfg.model.init, size=cfg.model.encoder, drop_path_rate=cfg.model.drop_path)
         if encoder.n_cls_tokens != cfg.model.n_cls_tokens:
             raise PixioError(
                 f"model.init has {encoder.n_cls_tokens} class tokens but model.n_cls_tokens={cfg.model.n_cls_tokens}"
@@ -121,7 +122,7 @@ def distill_objective(cfg: DistillConfig, device: torch.device) -> Objective:
     s = cfg.student
     teacher = load_encoder(cfg.teacher).to(device).eval().requires_grad_(False)
     if s.init:
-        student = load_encoder(s.init)
+        student = load_encoder(s.init, size=s.encoder, drop_path_rate=s.drop_path)
         if student.n_cls_tokens != teacher.n_cls_tokens:
             raise PixioError(
                 f"student.init has {student.n_cls_tokens} class tokens, the teacher {teacher.n_cls_tokens}"
@@ -237,6 +238,8 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
             metadata={"trained_by": f"pixio-robot {objective.kind}", "step": str(step)},
         )
         print(f"wrote {out} (the encoder alone, project format)")
+    elif env.is_main:
+        print(f"stopped at step {step} of {cfg.schedule.steps}: continue with the same options and run.resume=true")
     return 0
 
 
