@@ -141,10 +141,12 @@ class PixioDecoder(nn.Module):
         x = self.embed(tokens)
         b, _, d = x.shape
         num_patches = self.grid_size[0] * self.grid_size[1]
-        # One scatter puts every visible token at its place in a sequence of mask tokens.
-        seq = self.mask_token.to(x.dtype).expand(b, n + num_patches, d)
-        x = seq.scatter(1, torch.cat([_prefix_ids(b, n, ids_keep), ids_keep + n], 1)[..., None].expand(-1, -1, d), x)
-        x = x + self.pos_embed.to(x.dtype)
+        # One scatter puts every visible token at its place in a sequence of mask tokens. The
+        # sequence keeps the parameters' dtype, so under autocast the residual stream of the
+        # decoder stays float32 as in the official code (only the matmuls run in bfloat16).
+        seq = self.mask_token.expand(b, n + num_patches, d)
+        idx = torch.cat([_prefix_ids(b, n, ids_keep), ids_keep + n], 1)[..., None].expand(-1, -1, d)
+        x = seq.scatter(1, idx, x.to(seq.dtype)) + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
         # Only the masked patches are predicted: the rest of the sequence has no loss.
