@@ -157,9 +157,12 @@ class LeRobotFrames:
             from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
             self._ds = LeRobotDataset(f"local/{self.root.name}", root=self.root, video_backend="pyav")
-            table = self._ds.hf_dataset.with_format(None).select_columns(["timestamp", "episode_index"])[:]
+            rows = self._ds.hf_dataset.with_format(None)
+            table = rows.select_columns(["timestamp", "episode_index"])[:]
             self._timestamps = table["timestamp"]
             self._episodes = table["episode_index"]
+            # image cameras: one column each, so reading one does not decode the others
+            self._columns = {c: rows.select_columns([c]) for c in self.cameras if c not in self.video_keys}
         return self._ds
 
     def read(self, i: int) -> Image.Image:
@@ -168,7 +171,7 @@ class LeRobotFrames:
         ds = self._dataset()
         frame, camera = self.frames[i // len(self.cameras)], self.cameras[i % len(self.cameras)]
         if camera not in self.video_keys:
-            return to_pil(ds.hf_dataset.with_format(None)[frame][camera])
+            return to_pil(self._columns[camera][frame][camera])
         ep = int(self._episodes[frame])
         start = ds.meta.episodes[ep][f"videos/{camera}/from_timestamp"]
         path = self.root / ds.meta.get_video_file_path(ep, camera)

@@ -24,7 +24,7 @@ from pixio_robot.viz import image_grid, rerun_recording, save_png
 from .checkpointing import load_trained
 from .commands import ExportConfig, ReconstructConfig
 from .data import center_square, to_model_input
-from .modeling_pixio import PixioPretrainModel, patchify, unpatchify
+from .modeling_pixio import PixioPretrainModel, gather_tokens, patchify, unpatchify
 
 PANELS = ("input", "visible", "prediction", "target")
 
@@ -63,7 +63,7 @@ def reconstruct(model: PixioPretrainModel, images: list[np.ndarray], seed: int =
     target = model.targets(x, out.ids_mask)
     loss = ((out.pred.float() - target) ** 2).mean(dim=(1, 2))
     pred = out.pred.float()
-    masked_true = torch.gather(true, 1, out.ids_mask[..., None].expand(-1, -1, true.shape[-1]))
+    masked_true = gather_tokens(true, out.ids_mask)
     if model.cfg.norm_pix_loss:  # back to each true patch's own mean and spread
         mean, var = masked_true.mean(-1, keepdim=True), masked_true.var(-1, keepdim=True)
         pred = pred * (var + 1e-6).sqrt() + mean

@@ -173,3 +173,10 @@ def test_bad_configs_give_one_clear_line(tmp_path, capsys, override, message):
 def test_bad_mask_ratio_is_refused_by_the_model_too():
     with pytest.raises(PixioError, match="mask_ratio"):
         PixioPretrainModel(ModelConfig(image_size=64, mask_grid=2, mask_ratio=-0.1, **TINY))
+
+
+def test_help_lists_nested_options_with_the_preset_values_and_the_presets(capsys):
+    assert main(["pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "model.encoder" in out and "'vitn16'" in out and "schedule.warmup_steps" in out
+    assert "presets (pretrain=NAME):" in out and "vith16" in out and "mae_vitn16_128" in out
