@@ -151,6 +151,8 @@ class TabletopEnv(SimEnv):
     task_name: ClassVar[str] = ""  # short name, e.g. "pick_place"
     instruction: ClassVar[str] = ""  # the task string stored with demonstrations
     default_max_steps: ClassVar[int] = 100  # at 20 Hz; scaled with control_hz
+    state_names = STATE_NAMES
+    action_names = ACTION_NAMES
     object_state_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(

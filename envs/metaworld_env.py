@@ -41,6 +41,9 @@ def metaworld_tasks() -> list[str]:
 
 class MetaWorldEnv(SimEnv):
     render_camera = "corner2"
+    state_names = STATE_NAMES
+    action_names = ACTION_NAMES
+    object_state_names = tuple(f"state_{i}" for i in range(39))
 
     def __init__(
         self,
