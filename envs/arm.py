@@ -42,8 +42,9 @@ class Workspace:
 
 def inverse_kinematics(pose: np.ndarray) -> np.ndarray:
     """Tool pose (x, y, z, yaw) in the world -> the five arm joint angles."""
-    x, y, z, yaw = (float(v) for v in pose)
-    wx, wy, wz = x - BASE[0], y - BASE[1], z + HAND - BASE[2]
+    x, y, z, yaw = pose.tolist() if isinstance(pose, np.ndarray) else pose
+    bx, by, bz = _BASE  # plain floats: numpy scalars would make this 3x slower
+    wx, wy, wz = x - bx, y - by, z + HAND - bz
     pan = math.atan2(wy, wx)
     r, h = math.hypot(wx, wy), wz - SHOULDER_HEIGHT
     # Out of reach: aim along the same line at the longest reachable distance.
@@ -57,6 +58,9 @@ def inverse_kinematics(pose: np.ndarray) -> np.ndarray:
     wrist_pitch = math.pi - shoulder - elbow
     roll = pan - yaw
     return np.array([pan, shoulder, elbow, wrist_pitch, roll])
+
+
+_BASE = tuple(float(v) for v in BASE)
 
 
 def finger_target(command: float) -> float:

@@ -13,7 +13,9 @@ opening in metres); `pixels` (uint8 HWC, or a dict camera -> image with several 
 with `depth=True` `depth` (float32 metres, metric z, 0 = nothing hit), with
 `segmentation=True` `segmentation` (int32 MuJoCo body ids, -1 = nothing hit), with
 `environment_state=True` the task's object state (float32). `info["is_success"]` on every
-step; an episode terminates on success and is truncated at `max_episode_steps`.
+step; an episode terminates on success and is truncated after `time_limit` steps (the
+attribute `max_episode_steps`; the option is not called that because `gymnasium.make` takes
+that name for its own TimeLimit wrapper).
 """
 
 from __future__ import annotations
@@ -106,11 +108,11 @@ class SimEnv(gym.Env):
             raise PixioError(f"action must be a numeric array of shape ({dim},)") from None
         if a.shape != (dim,):
             raise PixioError(f"action has shape {a.shape}: expected ({dim},)")
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             raise PixioError(f"action {a.tolist()} is not finite (NaN or inf): the episode is unchanged")
         if self._done:
             raise PixioError("the episode has ended (success or time limit): call reset() before stepping again")
-        return np.clip(a, -1.0, 1.0)
+        return np.minimum(np.maximum(a, -1.0), 1.0)
 
     def _end_step(self, success: bool) -> tuple[bool, bool]:
         """Count the step; (terminated, truncated)."""
@@ -163,7 +165,7 @@ class TabletopEnv(SimEnv):
         segmentation: bool = False,
         environment_state: bool = False,
         control_hz: int = 20,
-        max_episode_steps: int | None = None,
+        time_limit: int | None = None,
         random_lighting: bool = False,
         camera_jitter: float = 0.0,
         shadows: bool = False,
@@ -175,15 +177,16 @@ class TabletopEnv(SimEnv):
             raise PixioError(f"control_hz={control_hz}: use a divisor of 500 (the physics rate), e.g. 10, 20, 25, 50")
         if not 0 <= camera_jitter <= 0.2:
             raise PixioError(f"camera_jitter={camera_jitter}: give metres between 0 and 0.2")
-        if max_episode_steps is not None and not 1 <= int(max_episode_steps) <= 100_000:
-            raise PixioError(f"max_episode_steps={max_episode_steps}: use 1 to 100000")
+        if time_limit is not None and not 1 <= int(time_limit) <= 100_000:
+            raise PixioError(f"time_limit={time_limit}: use 1 to 100000 steps")
         if not 0 <= int(extra_cameras) <= 256:
             raise PixioError(f"extra_cameras={extra_cameras}: use 0 to 256")
         self.control_hz = int(control_hz)
         self.substeps = 500 // self.control_hz
-        self.max_episode_steps = int(max_episode_steps or self.default_max_steps * self.control_hz // 20)
+        self.max_episode_steps = int(time_limit or self.default_max_steps * self.control_hz // 20)
         self.random_lighting, self.camera_jitter = bool(random_lighting), float(camera_jitter)
         self.workspace = arm.Workspace()
+        self._low, self._high = np.array(self.workspace.low), np.array(self.workspace.high)
         self._max_delta = np.array([MAX_SPEED] * 3 + [MAX_YAW_RATE]) / self.control_hz
 
         extra = tuple(CameraSpec(f"view_{i:03d}", (1.0, 0.0, 0.5), (0.0, 0.0, 0.0)) for i in range(extra_cameras))
@@ -194,7 +197,7 @@ class TabletopEnv(SimEnv):
         self._finger_qpos = [self.model.joint(n).qposadr[0] for n in ("finger_left", "finger_right")]
         self._tcp = self.model.site("tcp").id
         self._hand = self.model.body("hand").id
-        self._pads = {self.model.geom("pad_left").id, self.model.geom("pad_right").id}
+        self._pad_ids = np.array([self.model.geom("pad_left").id, self.model.geom("pad_right").id])
         self._defaults = {
             "light_pos": self.model.light_pos.copy(),
             "light_dir": self.model.light_dir.copy(),
@@ -211,7 +214,7 @@ class TabletopEnv(SimEnv):
             environment_state,
             shadows,
             antialias,
-            (np.array([-2, -2, -2, -math.pi, 0]), np.array([2, 2, 2, math.pi, 0.1])),
+            (np.array([-2, -2, -2, -math.pi, -0.01]), np.array([2, 2, 2, math.pi, 0.1])),
             (np.full(len(self.object_state_names), -10.0), np.full(len(self.object_state_names), 10.0)),
             len(ACTION_NAMES),
             render_mode,
@@ -239,10 +242,11 @@ class TabletopEnv(SimEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        rng = self.np_random
+        # Separate streams: turning lighting or camera randomisation on keeps the task layout.
+        rng, look = (np.random.default_rng(s) for s in self.np_random.integers(2**63, size=2))
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
-        self._randomize_appearance(rng)
+        self._randomize_appearance(look)
         self._randomize(rng)
         qpos = d.qpos.copy()
         mujoco.mj_setConst(m, d)  # masses changed: refresh the derived constants (uses d as scratch)
@@ -258,8 +262,9 @@ class TabletopEnv(SimEnv):
         a = self._check_step(action, len(ACTION_NAMES))
         target = self._target + a[:4] * self._max_delta
         tcp = self.data.site_xpos[self._tcp]
-        target[:3] = np.clip(target[:3], tcp - MAX_LEAD, tcp + MAX_LEAD)
-        self._target = self.workspace.clip(target)
+        # (np.minimum/maximum: np.clip costs more than the rest of this on 4-vectors)
+        target[:3] = np.minimum(np.maximum(target[:3], tcp - MAX_LEAD), tcp + MAX_LEAD)
+        self._target = np.minimum(np.maximum(target, self._low), self._high)
         self._set_arm(self._target, a[4])
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         terminated, truncated = self._end_step(bool(self._success()))
@@ -274,8 +279,8 @@ class TabletopEnv(SimEnv):
 
     @property
     def tool_yaw(self) -> float:
-        x_axis = self.data.xmat[self._hand].reshape(3, 3)[:, 0]
-        return _wrap(math.atan2(x_axis[1], x_axis[0]) + math.pi)
+        xmat = self.data.xmat[self._hand]  # row-major: the hand's x axis is (xmat[0], xmat[3], xmat[6])
+        return _wrap(math.atan2(xmat[3], xmat[0]) + math.pi)
 
     @property
     def target_pose(self) -> np.ndarray:
@@ -284,10 +289,14 @@ class TabletopEnv(SimEnv):
 
     @property
     def gripper_opening(self) -> float:
-        return float(self.data.qpos[self._finger_qpos].sum())
+        q = self.data.qpos
+        return float(q[self._finger_qpos[0]] + q[self._finger_qpos[1]])
 
     def agent_pos(self) -> np.ndarray:
-        return np.array([*self.data.site_xpos[self._tcp], self.tool_yaw, self.gripper_opening], np.float32)
+        out = np.empty(len(STATE_NAMES), np.float32)
+        out[:3] = self.data.site_xpos[self._tcp]
+        out[3], out[4] = self.tool_yaw, self.gripper_opening
+        return out
 
     def place_camera(self, name: str, cam2world_cv: np.ndarray) -> None:
         """Move a world camera (e.g. an extra `view_*` camera) to an OpenCV camera-to-world pose."""
@@ -299,21 +308,19 @@ class TabletopEnv(SimEnv):
 
     def touching(self, geom_id: int) -> int:
         """How many finger pads touch a geom."""
-        d = self.data
-        n = 0
-        for c in d.contact[: d.ncon]:
-            pair = (c.geom1, c.geom2)
-            if geom_id in pair and (pair[0] in self._pads or pair[1] in self._pads):
-                n += 1
-        return n
+        geoms = self.data.contact.geom[: self.data.ncon]  # (ncon, 2)
+        with_geom = (geoms == geom_id).any(axis=1)
+        with_pad = np.isin(geoms, self._pad_ids).any(axis=1)
+        return int(np.count_nonzero(with_geom & with_pad))
 
     # ---- internals ------------------------------------------------------------------------
 
     def _set_arm(self, pose: np.ndarray, gripper: float, teleport: bool = False) -> None:
         q = arm.inverse_kinematics(pose)
         fingers = arm.finger_target(gripper)
-        self.data.ctrl[:5] = q
-        self.data.ctrl[5] = fingers
+        ctrl = self.data.ctrl
+        ctrl[:5] = q
+        ctrl[5] = fingers
         if teleport:
             self.data.qpos[self._arm_qpos] = q
             self.data.qpos[self._finger_qpos] = fingers
@@ -356,8 +363,8 @@ class TabletopEnv(SimEnv):
         body = m.geom_bodyid[geom]
         mass = density * 8 * np.prod(half)
         m.body_mass[body] = mass
-        m.body_inertia[body] = mass / 3 * np.array(
-            [half[1] ** 2 + half[2] ** 2, half[0] ** 2 + half[2] ** 2, half[0] ** 2 + half[1] ** 2]
+        m.body_inertia[body] = (
+            mass / 3 * np.array([half[1] ** 2 + half[2] ** 2, half[0] ** 2 + half[2] ** 2, half[0] ** 2 + half[1] ** 2])
         )
 
     def set_free_pose(self, joint: str, pos, yaw: float = 0.0) -> None:

@@ -85,7 +85,7 @@ def camera_info(model: mujoco.MjModel, data: mujoco.MjData, name: str, size: tup
     if cam < 0:
         names = [model.camera(i).name for i in range(model.ncam)]
         raise PixioError(f"unknown camera {name!r}: choose from {', '.join(names)}")
-    h, w = _image_size(size, name)
+    h, w = check_image_size(size, name)
     return CameraInfo(name, h, w, intrinsics(model.cam_fovy[cam], h, w), cam2world(data, cam))
 
 
@@ -168,13 +168,13 @@ def parse_cameras(cameras, image_size, available: list[str]) -> dict[str, tuple[
     for name, size in items:
         if name not in available:
             raise PixioError(f"unknown camera {name!r}: choose from {', '.join(available)}")
-        out[name] = _image_size(size, name)
+        out[name] = check_image_size(size, name)
     if len(out) != len(items):
         raise PixioError("cameras lists the same camera twice")
     return out
 
 
-def _image_size(size, name: str) -> tuple[int, int]:
+def check_image_size(size, name: str) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
         h = w = int(size)
     else:

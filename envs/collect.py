@@ -36,7 +36,9 @@ def collect(cfg) -> int:
     env = spec.make()
     try:
         meta = env_metadata(spec, env)
-        env_state_dim = env.observation_space["environment_state"].shape[0] if spec.kwargs.get("environment_state") else None
+        env_state_dim = (
+            env.observation_space["environment_state"].shape[0] if spec.kwargs.get("environment_state") else None
+        )
     finally:
         env.close()
     collection = {"policy": "scripted expert", "noise": cfg.noise, "keep_failed": cfg.keep_failed}

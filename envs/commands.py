@@ -21,25 +21,22 @@ class EnvOptions:
     image_size: int = field(default=128, metadata={"help": "image height (and width) in pixels"})
     image_width: int | None = field(default=None, metadata={"help": "image width, when not square"})
     control_hz: int | None = field(default=None, metadata={"help": "control rate (own tasks; default 20)"})
-    max_episode_steps: int | None = field(default=None, metadata={"help": "time limit in steps"})
+    time_limit: int | None = field(default=None, metadata={"help": "episode time limit in steps"})
     environment_state: bool = field(default=False, metadata={"help": "also record the object state"})
     random_lighting: bool = field(default=False, metadata={"help": "random light per episode (own tasks)"})
     camera_jitter: float = field(default=0.0, metadata={"help": "random camera offset in metres (own tasks)"})
 
     def env_options(self) -> dict:
-        size = self.image_size if self.image_width is None else [self.image_size, self.image_width]
-        options = {
-            "cameras": list(self.cameras) if self.cameras is not None else None,
-            "image_size": size,
-            "control_hz": self.control_hz,
-            "max_episode_steps": self.max_episode_steps,
-        }
-        # Only options that were set: MetaWorld refuses those it does not have.
-        for key in ("environment_state", "random_lighting"):
+        """The options that were set (MetaWorld refuses those it does not have)."""
+        options = {"image_size": self.image_size if self.image_width is None else [self.image_size, self.image_width]}
+        if self.cameras is not None:
+            options["cameras"] = list(self.cameras)
+        for key in ("control_hz", "time_limit"):
+            if getattr(self, key) is not None:
+                options[key] = getattr(self, key)
+        for key in ("environment_state", "random_lighting", "camera_jitter"):
             if getattr(self, key):
-                options[key] = True
-        if self.camera_jitter:
-            options["camera_jitter"] = self.camera_jitter
+                options[key] = getattr(self, key)
         return options
 
 
@@ -68,6 +65,7 @@ class CaptureConfig(EnvOptions):
     elevation: list[float] = field(default_factory=lambda: [20.0, 70.0], metadata={"help": "elevation range (deg)"})
     fovy: float = field(default=50.0, metadata={"help": "vertical field of view of the views (deg)"})
     expert_steps: int = field(default=20, metadata={"help": "run the expert up to this many steps first"})
+    workers: int = field(default=1, metadata={"help": "parallel processes"})
     append: bool = field(default=False, metadata={"help": "add scenes to an existing capture folder"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 

@@ -65,9 +65,18 @@ def env_metadata(spec: EnvSpec, env) -> dict:
     """What a dataset records about its environment (all but the episode list)."""
     base = env.unwrapped
     cameras = {}
+    jitter = getattr(base, "camera_jitter", 0.0)
     for name, (h, w) in base.cameras.items():
         info = base.camera_info(name)
-        cameras[name] = {"height": h, "width": w, "K": info.K.tolist(), "cam2world_at_reset": info.cam2world.tolist()}
+        # Fixed: attached to the world and never moved, so cam2world holds for every frame.
+        fixed = bool(base.model.cam_bodyid[base.model.camera(name).id] == 0 and not jitter)
+        cameras[name] = {
+            "height": h,
+            "width": w,
+            "K": info.K.tolist(),
+            "cam2world_at_reset": info.cam2world.tolist(),
+            "fixed": fixed,
+        }
     return {
         "format": FORMAT,
         "env": spec.to_dict(),
@@ -113,7 +122,7 @@ def lerobot_features(meta: dict, env_state_dim: int | None) -> dict:
 
 
 def inspect_path(root: Path) -> str:
-    """"missing", "empty", "ours" (a dataset made here), or "other" (anything else)."""
+    """One of: missing, empty, ours (a dataset made here), other (anything else)."""
     if not root.exists():
         return "missing"
     if not root.is_dir():
@@ -162,7 +171,9 @@ def load_dataset(root: str | os.PathLike, **kwargs):
 def _files(root: Path) -> list[str]:
     skip = (JOURNAL, BACKUP)
     return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not str(p.relative_to(root)).startswith(skip)
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not str(p.relative_to(root)).startswith(skip)
     )
 
 
@@ -230,7 +241,12 @@ class DemoWriter:
                 raise PixioError(f"cannot append: {e} (nothing was changed)") from None
             self.meta = old
         else:
-            self.meta = {**env_meta, "repo_id": f"local/{self.root.name}", "collection": collection or {}, "episodes": []}
+            self.meta = {
+                **env_meta,
+                "repo_id": f"local/{self.root.name}",
+                "collection": collection or {},
+                "episodes": [],
+            }
         self.features = lerobot_features(self.meta, env_state_dim)
         self._ds = None
         self._staging: Path | None = None

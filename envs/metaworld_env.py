@@ -7,7 +7,7 @@ entries: the "gripper state as proprio" of CortexBench), `pixels` (and optionall
 `segmentation`, `environment_state` = the full 39-d state) rendered with the toolkit's camera
 rig, so camera intrinsics and extrinsics are exact. Actions: MetaWorld's 4-d (dx, dy, dz,
 gripper) in [-1, 1]. Control runs at MetaWorld's 80 Hz. `info["is_success"]` is MetaWorld's
-`success`; episodes end on success or after `max_episode_steps` (MetaWorld's 500 by default).
+`success`; episodes end on success or after `time_limit` steps (MetaWorld's 500 by default).
 
 MetaWorld's corner cameras render upside down; they are turned 180 degrees about their optical
 axis here (the images and the reported extrinsics agree), and `corner2` is moved closer to
@@ -53,7 +53,7 @@ class MetaWorldEnv(SimEnv):
         depth: bool = False,
         segmentation: bool = False,
         environment_state: bool = False,
-        max_episode_steps: int = 500,
+        time_limit: int | None = 500,
         shadows: bool = False,
         antialias: bool = False,
         render_mode: str | None = None,
@@ -63,11 +63,12 @@ class MetaWorldEnv(SimEnv):
         name = task.removesuffix("-v3")
         if f"{name}-v3" not in ALL_V3_ENVIRONMENTS:
             raise PixioError(f"unknown MetaWorld task {task!r}: choose from {', '.join(metaworld_tasks())}")
-        if not 1 <= int(max_episode_steps) <= 10_000:
-            raise PixioError(f"max_episode_steps={max_episode_steps}: use 1 to 10000")
+        time_limit = 500 if time_limit is None else time_limit
+        if not 1 <= int(time_limit) <= 10_000:
+            raise PixioError(f"time_limit={time_limit}: use 1 to 10000 steps")
         self.task_name = name
         self.instruction = name.replace("-", " ")
-        self.max_episode_steps = int(max_episode_steps)
+        self.max_episode_steps = int(time_limit)
 
         mw = ALL_V3_ENVIRONMENTS[f"{name}-v3"]()
         # Goal-observable single task whose positions come from the seeded generator (the

@@ -86,10 +86,11 @@ class EnvSpec:
     @classmethod
     def parse(cls, name: str, **options) -> EnvSpec:
         """`EnvSpec.parse("pick_place", cameras=["front", "wrist"])`: id resolved, unknown
-        options refused, every other option at its default."""
+        options refused, every other option at its default. `cameras=None` (or []) means no
+        cameras: observations without images."""
         env_id, implied = resolve(name)
         params = inspect.signature(_entry_class(env_id).__init__).parameters
-        options = {**implied, **{k: v for k, v in options.items() if v is not None}}
+        options = {**implied, **options}
         unknown = sorted(set(options) - set(params) - {"self"})
         if unknown:
             allowed = [p for p in params if p not in ("self", "render_mode")]

@@ -179,9 +179,20 @@ def _worker(spec_dict: dict, make_policy, record: bool, tasks, results) -> None:
     import envs  # noqa: F401  (registers the ids; sets MUJOCO_GL)
 
     env = EnvSpec.from_dict(spec_dict).make()
+    parent = mp.parent_process()
+    # If the parent is killed, nobody drains `results`: exiting must not wait to flush it.
+    results.cancel_join_thread()
     try:
         policy = make_policy(env)
-        while (task := tasks.get()) is not None:
+        while True:
+            if parent is not None and not parent.is_alive():
+                return  # the parent was killed: do not linger
+            try:
+                task = tasks.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if task is None:
+                return
             index, seed = task
             try:
                 results.put(("ok", index, rollout(env, policy, seed, record)))

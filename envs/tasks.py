@@ -147,9 +147,10 @@ class PickPlace(_CubeTask):
         return self.model.body_pos[self._goal][:2].copy()
 
     def _success(self) -> bool:
-        pos, half = self.cube_pos(), self.cube_half()
-        on_table = pos[2] < scene.TABLE_TOP + half + 0.005
-        return bool(np.linalg.norm(pos[:2] - self.goal) < self.success_radius and on_table and self.released())
+        x, y, z = self.cube_pos().tolist()
+        gx, gy = self.model.body_pos[self._goal][:2].tolist()
+        on_table = z < scene.TABLE_TOP + self.cube_half() + 0.005
+        return math.hypot(x - gx, y - gy) < self.success_radius and on_table and self.released()
 
     def object_state(self) -> np.ndarray:
         return np.concatenate([self.cube_pos(), self.cube_quat(), self.goal]).astype(np.float32)
