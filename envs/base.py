@@ -39,6 +39,17 @@ MAX_YAW_RATE = 3.0  # rad/s
 MAX_LEAD = 0.05  # the commanded pose stays this close to the measured tool
 SETTLE_STEPS = 40  # physics steps after a reset, before the first observation
 STATE_NAMES = ("tool_x", "tool_y", "tool_z", "tool_yaw", "gripper_opening")
+# Constructor options every environment takes for its observations (see SimEnv._init_observations).
+OBSERVATION_OPTIONS = (
+    "cameras",
+    "image_size",
+    "depth",
+    "segmentation",
+    "environment_state",
+    "shadows",
+    "antialias",
+    "render_mode",
+)
 ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "gripper")
 
 
@@ -57,18 +68,15 @@ class SimEnv(gym.Env):
 
     def _init_observations(
         self,
-        cameras,
-        image_size,
-        depth: bool,
-        segmentation: bool,
-        environment_state: bool,
-        shadows: bool,
-        antialias: bool,
+        options: dict,
         state_bounds: tuple[np.ndarray, np.ndarray],
         env_state_bounds: tuple[np.ndarray, np.ndarray],
         action_dim: int,
-        render_mode: str | None,
     ) -> None:
+        """Cameras and spaces from the constructor's `OBSERVATION_OPTIONS` (`options`)."""
+        cameras, image_size, render_mode = options["cameras"], options["image_size"], options["render_mode"]
+        depth, segmentation = options["depth"], options["segmentation"]
+        environment_state, shadows, antialias = options["environment_state"], options["shadows"], options["antialias"]
         if render_mode not in (None, "rgb_array"):
             raise PixioError(f"render_mode={render_mode!r}: only 'rgb_array' (or None) is supported")
         self.render_mode = render_mode
@@ -206,18 +214,12 @@ class TabletopEnv(SimEnv):
             "cam_quat": self.model.cam_quat.copy(),
         }
         self._setup()
+        n = len(self.object_state_names)
         self._init_observations(
-            cameras,
-            image_size,
-            depth,
-            segmentation,
-            environment_state,
-            shadows,
-            antialias,
+            {k: v for k, v in locals().items() if k in OBSERVATION_OPTIONS},
             (np.array([-2, -2, -2, -math.pi, -0.01]), np.array([2, 2, 2, math.pi, 0.1])),
-            (np.full(len(self.object_state_names), -10.0), np.full(len(self.object_state_names), 10.0)),
+            (np.full(n, -10.0), np.full(n, 10.0)),
             len(ACTION_NAMES),
-            render_mode,
         )
         self._target = arm.HOME.copy()
 
@@ -382,11 +384,26 @@ def _in_ball(rng: np.random.Generator, radius: float) -> np.ndarray:
     return v / np.linalg.norm(v) * radius * rng.uniform() ** (1 / 3)
 
 
-def random_color(rng: np.random.Generator) -> np.ndarray:
-    """A saturated colour (HSV with random hue), opaque."""
+TARGET_HUE = 1 / 3  # the green of goal markers
+
+
+def random_color(rng: np.random.Generator, avoid: tuple[float, ...] = (TARGET_HUE,)) -> np.ndarray:
+    """A saturated opaque colour whose hue stays at least 0.12 (of the hue circle) away from
+    the hues in `avoid`, so objects never blend into goal markers or each other."""
     import colorsys
 
-    return np.array([*colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.55, 1.0), rng.uniform(0.5, 0.95)), 1.0])
+    while True:
+        hue = rng.uniform()
+        if all(min(abs(hue - h), 1 - abs(hue - h)) >= 0.12 for h in avoid):
+            break
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.5, 0.95))
+    return np.array([*rgb, 1.0])
+
+
+def hue_of(rgba: np.ndarray) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*rgba[:3])[0]
 
 
 def yaw_of(quat: np.ndarray) -> float:

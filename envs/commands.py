@@ -17,7 +17,9 @@ class EnvOptions:
     """Environment options shared by the commands (unset: the environment's default)."""
 
     env: str = field(default="???", metadata={"help": ENV_HELP})
-    cameras: list[str] | None = field(default=None, metadata={"help": "cameras to record, e.g. [front,wrist]"})
+    cameras: list[str] | None = field(
+        default=None, metadata={"help": "cameras, e.g. [front,wrist] (default: front; MetaWorld corner2)"}
+    )
     image_size: int = field(default=128, metadata={"help": "image height (and width) in pixels"})
     image_width: int | None = field(default=None, metadata={"help": "image width, when not square"})
     control_hz: int | None = field(default=None, metadata={"help": "control rate (own tasks; default 20)"})

@@ -25,7 +25,7 @@ import numpy as np
 
 from pixio_robot.errors import PixioError
 
-from .base import SimEnv
+from .base import OBSERVATION_OPTIONS, SimEnv
 
 CORTEXBENCH_TASKS = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
@@ -86,17 +86,10 @@ class MetaWorldEnv(SimEnv):
         self.camera_names = tuple(self.model.camera(i).name for i in range(self.model.ncam))
         space = mw.sawyer_observation_space  # what MetaWorld clips its state to
         self._init_observations(
-            cameras,
-            image_size,
-            depth,
-            segmentation,
-            environment_state,
-            shadows,
-            antialias,
+            {k: v for k, v in locals().items() if k in OBSERVATION_OPTIONS},
             (space.low[:4], space.high[:4]),
             (np.full(39, -10.0), np.full(39, 10.0)),  # MetaWorld's own bounds are partly empty
             len(ACTION_NAMES),
-            render_mode,
         )
         self.raw_obs = np.zeros(39)
 

@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 
 from . import scene
-from .base import TabletopEnv, random_color, yaw_of
+from .base import TARGET_HUE, TabletopEnv, hue_of, random_color, yaw_of
 
 # Where objects may start: in front of the robot, well inside its reach.
 OBJECT_X, OBJECT_Y = (-0.15, 0.18), (-0.22, 0.22)
@@ -56,8 +56,8 @@ class _CubeTask(TabletopEnv):
         self._cube_geoms = {n: self.model.geom(n).id for n in self.cube_names}
         self._cube_qpos = {n: self.model.joint(n).qposadr[0] for n in self.cube_names}
 
-    def place_cube(self, name: str, rng, half: float, xy) -> None:
-        self.set_box(self._cube_geoms[name], np.full(3, half), random_color(rng))
+    def place_cube(self, name: str, rng, half: float, xy, avoid: tuple[float, ...] = (TARGET_HUE,)) -> None:
+        self.set_box(self._cube_geoms[name], np.full(3, half), random_color(rng, avoid))
         self.set_free_pose(name, [xy[0], xy[1], scene.TABLE_TOP + half], rng.uniform(-math.pi, math.pi))
 
     def cube_pos(self, name: str = "cube") -> np.ndarray:
@@ -91,69 +91,65 @@ def _sample_apart(rng, anchor, low: float, high: float, x=OBJECT_X, y=OBJECT_Y) 
     raise RuntimeError("could not place objects apart")  # not reached with the ranges used
 
 
-class Push(_CubeTask):
-    task_name = "push"
-    instruction = "push the cube onto the green target"
-    default_max_steps = 150
+class _CubeToGoal(_CubeTask):
+    """One cube and a goal marker on the table (push, pick-and-place)."""
+
     object_state_names = ("cube_x", "cube_y", "cube_z", "cube_qw", "cube_qx", "cube_qy", "cube_qz", "goal_x", "goal_y")
-    success_radius = 0.04
+    marker_radius = 0.04
 
     def _objects_mjcf(self) -> str:
-        return scene.cube("cube") + scene.target_marker("goal", radius=0.045)
+        return scene.cube("cube") + scene.target_marker("goal", radius=self.marker_radius)
 
     def _setup(self) -> None:
         super()._setup()
         self._goal = self.model.body("goal").id
+
+    def place_goal(self, xy) -> None:
+        self.model.body_pos[self._goal] = [xy[0], xy[1], scene.TABLE_TOP + 0.001]
+
+    @property
+    def goal(self) -> np.ndarray:
+        return self.model.body_pos[self._goal][:2].copy()
+
+    def goal_distance(self) -> float:
+        x, y, _ = self.cube_pos().tolist()
+        gx, gy = self.model.body_pos[self._goal][:2].tolist()
+        return math.hypot(x - gx, y - gy)
+
+    def object_state(self) -> np.ndarray:
+        return np.concatenate([self.cube_pos(), self.cube_quat(), self.goal]).astype(np.float32)
+
+
+class Push(_CubeToGoal):
+    task_name = "push"
+    instruction = "push the cube onto the green target"
+    default_max_steps = 150
+    marker_radius = 0.045
+    success_radius = 0.04
 
     def _randomize(self, rng):
         xy = np.array([rng.uniform(-0.1, 0.12), rng.uniform(-0.18, 0.18)])
         self.place_cube("cube", rng, rng.uniform(0.02, 0.03), xy)
-        goal = _sample_apart(rng, xy, 0.12, 0.25, x=(-0.18, 0.2), y=(-0.24, 0.24))
-        self.model.body_pos[self._goal] = [goal[0], goal[1], scene.TABLE_TOP + 0.001]
-
-    @property
-    def goal(self) -> np.ndarray:
-        return self.model.body_pos[self._goal][:2].copy()
+        self.place_goal(_sample_apart(rng, xy, 0.12, 0.25, x=(-0.18, 0.2), y=(-0.24, 0.24)))
 
     def _success(self) -> bool:
-        return bool(np.linalg.norm(self.cube_pos()[:2] - self.goal) < self.success_radius)
-
-    def object_state(self) -> np.ndarray:
-        return np.concatenate([self.cube_pos(), self.cube_quat(), self.goal]).astype(np.float32)
+        return self.goal_distance() < self.success_radius
 
 
-class PickPlace(_CubeTask):
+class PickPlace(_CubeToGoal):
     task_name = "pick_place"
     instruction = "pick up the cube and place it on the green target"
     default_max_steps = 150
-    object_state_names = Push.object_state_names
     success_radius = 0.03
-
-    def _objects_mjcf(self) -> str:
-        return scene.cube("cube") + scene.target_marker("goal", radius=0.04)
-
-    def _setup(self) -> None:
-        super()._setup()
-        self._goal = self.model.body("goal").id
 
     def _randomize(self, rng):
         xy = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y)])
         self.place_cube("cube", rng, rng.uniform(0.018, 0.027), xy)
-        goal = _sample_apart(rng, xy, 0.12, 0.3)
-        self.model.body_pos[self._goal] = [goal[0], goal[1], scene.TABLE_TOP + 0.001]
-
-    @property
-    def goal(self) -> np.ndarray:
-        return self.model.body_pos[self._goal][:2].copy()
+        self.place_goal(_sample_apart(rng, xy, 0.12, 0.3))
 
     def _success(self) -> bool:
-        x, y, z = self.cube_pos().tolist()
-        gx, gy = self.model.body_pos[self._goal][:2].tolist()
-        on_table = z < scene.TABLE_TOP + self.cube_half() + 0.005
-        return math.hypot(x - gx, y - gy) < self.success_radius and on_table and self.released()
-
-    def object_state(self) -> np.ndarray:
-        return np.concatenate([self.cube_pos(), self.cube_quat(), self.goal]).astype(np.float32)
+        on_table = self.cube_pos()[2] < scene.TABLE_TOP + self.cube_half() + 0.005
+        return self.goal_distance() < self.success_radius and on_table and self.released()
 
 
 class Stack(_CubeTask):
@@ -172,7 +168,9 @@ class Stack(_CubeTask):
     def _randomize(self, rng):
         xy = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y)])
         self.place_cube("cube", rng, rng.uniform(0.018, 0.024), xy)
-        self.place_cube("base", rng, rng.uniform(0.027, 0.034), _sample_apart(rng, xy, 0.12, 0.3))
+        top_hue = hue_of(self.model.geom_rgba[self._cube_geoms["cube"]])
+        base_xy = _sample_apart(rng, xy, 0.12, 0.3)
+        self.place_cube("base", rng, rng.uniform(0.027, 0.034), base_xy, avoid=(TARGET_HUE, top_hue))
 
     def _success(self) -> bool:
         top, base = self.cube_pos("cube"), self.cube_pos("base")

@@ -41,6 +41,16 @@ def test_expert_succeeds_on_20_seeds(task):
     assert all(ep.successes[-1] == ep.success and ep.length == len(ep.actions) for ep in results)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", OWN)
+def test_expert_succeeds_on_200_seeds_and_100_noisy_ones(task):
+    env = envs.make_env(task, cameras=None)
+    clean, noisy = make_expert(env), make_expert(env, noise=0.3)
+    assert all(rollout(env, clean, seed, record=False).success for seed in range(200))
+    assert np.mean([rollout(env, noisy, seed, record=False).success for seed in range(100)]) >= 0.98
+    env.close()
+
+
 def test_expert_with_action_noise_still_succeeds():
     env = envs.make_env("pick_place", cameras=None)
     noisy = make_expert(env, noise=0.3)
