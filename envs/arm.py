@@ -40,7 +40,7 @@ class Workspace:
         return np.clip(pose, self.low, self.high)
 
 
-def inverse_kinematics(pose: np.ndarray) -> np.ndarray:
+def inverse_kinematics(pose) -> tuple[float, float, float, float, float]:
     """Tool pose (x, y, z, yaw) in the world -> the five arm joint angles."""
     x, y, z, yaw = pose.tolist() if isinstance(pose, np.ndarray) else pose
     bx, by, bz = _BASE  # plain floats: numpy scalars would make this 3x slower
@@ -57,7 +57,7 @@ def inverse_kinematics(pose: np.ndarray) -> np.ndarray:
     shoulder = math.atan2(r, h) - math.atan2(FOREARM * math.sin(elbow), UPPER_ARM + FOREARM * math.cos(elbow))
     wrist_pitch = math.pi - shoulder - elbow
     roll = pan - yaw
-    return np.array([pan, shoulder, elbow, wrist_pitch, roll])
+    return pan, shoulder, elbow, wrist_pitch, roll
 
 
 _BASE = tuple(float(v) for v in BASE)

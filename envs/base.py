@@ -108,19 +108,20 @@ class SimEnv(gym.Env):
             obs.update(self.rig.observe(self.data))
         return obs
 
-    def _check_step(self, action, dim: int) -> np.ndarray:
-        """The action as float64, clipped to [-1, 1]; bad input raises before anything changes."""
+    def _check_step(self, action, dim: int) -> list[float]:
+        """The action as floats clipped to [-1, 1]; bad input raises before anything changes."""
         try:
             a = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError):
             raise PixioError(f"action must be a numeric array of shape ({dim},)") from None
         if a.shape != (dim,):
             raise PixioError(f"action has shape {a.shape}: expected ({dim},)")
-        if not np.isfinite(a).all():
-            raise PixioError(f"action {a.tolist()} is not finite (NaN or inf): the episode is unchanged")
+        values = a.tolist()
+        if not math.isfinite(sum(values)):  # NaN and inf survive the sum
+            raise PixioError(f"action {values} is not finite (NaN or inf): the episode is unchanged")
         if self._done:
             raise PixioError("the episode has ended (success or time limit): call reset() before stepping again")
-        return np.minimum(np.maximum(a, -1.0), 1.0)
+        return [min(max(v, -1.0), 1.0) for v in values]
 
     def _end_step(self, success: bool) -> tuple[bool, bool]:
         """Count the step; (terminated, truncated)."""
@@ -194,8 +195,7 @@ class TabletopEnv(SimEnv):
         self.max_episode_steps = int(time_limit or self.default_max_steps * self.control_hz // 20)
         self.random_lighting, self.camera_jitter = bool(random_lighting), float(camera_jitter)
         self.workspace = arm.Workspace()
-        self._low, self._high = np.array(self.workspace.low), np.array(self.workspace.high)
-        self._max_delta = np.array([MAX_SPEED] * 3 + [MAX_YAW_RATE]) / self.control_hz
+        self._max_delta = (*(MAX_SPEED / self.control_hz,) * 3, MAX_YAW_RATE / self.control_hz)
 
         extra = tuple(CameraSpec(f"view_{i:03d}", (1.0, 0.0, 0.5), (0.0, 0.0, 0.0)) for i in range(extra_cameras))
         self.model = mujoco.MjModel.from_xml_string(scene.build(self._objects_mjcf(), extra))
@@ -206,6 +206,9 @@ class TabletopEnv(SimEnv):
         self._tcp = self.model.site("tcp").id
         self._hand = self.model.body("hand").id
         self._pad_ids = np.array([self.model.geom("pad_left").id, self.model.geom("pad_right").id])
+        # Views into MjData, which never reallocates: the hot path skips the attribute lookups.
+        self._tcp_pos = self.data.site_xpos[self._tcp]
+        self._hand_xmat = self.data.xmat[self._hand]
         self._defaults = {
             "light_pos": self.model.light_pos.copy(),
             "light_dir": self.model.light_dir.copy(),
@@ -262,12 +265,16 @@ class TabletopEnv(SimEnv):
 
     def step(self, action):
         a = self._check_step(action, len(ACTION_NAMES))
-        target = self._target + a[:4] * self._max_delta
-        tcp = self.data.site_xpos[self._tcp]
-        # (np.minimum/maximum: np.clip costs more than the rest of this on 4-vectors)
-        target[:3] = np.minimum(np.maximum(target[:3], tcp - MAX_LEAD), tcp + MAX_LEAD)
-        self._target = np.minimum(np.maximum(target, self._low), self._high)
-        self._set_arm(self._target, a[4])
+        # Plain floats: on 4-vectors numpy's per-call cost would exceed all the arithmetic.
+        target = [v + d * s for v, d, s in zip(self._target.tolist(), a, self._max_delta, strict=False)]
+        tcp = self._tcp_pos.tolist()
+        for i in range(3):  # stay near the measured tool, so a blocked arm never winds up
+            target[i] = min(max(target[i], tcp[i] - MAX_LEAD), tcp[i] + MAX_LEAD)
+        target = [
+            min(max(v, lo), hi) for v, lo, hi in zip(target, self.workspace.low, self.workspace.high, strict=True)
+        ]
+        self._target = np.array(target)
+        self._set_arm(target, a[4])
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         terminated, truncated = self._end_step(bool(self._success()))
         return self._observation(), float(terminated), terminated, truncated, {"is_success": terminated}
@@ -277,11 +284,11 @@ class TabletopEnv(SimEnv):
     @property
     def tcp(self) -> np.ndarray:
         """Measured tool centre point (world, metres)."""
-        return self.data.site_xpos[self._tcp].copy()
+        return self._tcp_pos.copy()
 
     @property
     def tool_yaw(self) -> float:
-        xmat = self.data.xmat[self._hand]  # row-major: the hand's x axis is (xmat[0], xmat[3], xmat[6])
+        xmat = self._hand_xmat  # row-major: the hand's x axis is (xmat[0], xmat[3], xmat[6])
         return _wrap(math.atan2(xmat[3], xmat[0]) + math.pi)
 
     @property
@@ -296,7 +303,7 @@ class TabletopEnv(SimEnv):
 
     def agent_pos(self) -> np.ndarray:
         out = np.empty(len(STATE_NAMES), np.float32)
-        out[:3] = self.data.site_xpos[self._tcp]
+        out[:3] = self._tcp_pos
         out[3], out[4] = self.tool_yaw, self.gripper_opening
         return out
 

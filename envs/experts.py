@@ -75,8 +75,9 @@ class TabletopExpert:
         raise NotImplementedError
 
     def toward(self, goal: np.ndarray, gripper: float) -> np.ndarray:
-        delta = (np.asarray(goal, np.float64) - self.env.target_pose) / self.env._max_delta
-        delta[3] = _wrap(goal[3] - self.env.target_pose[3]) / self.env._max_delta[3]
+        max_delta = np.asarray(self.env._max_delta)
+        delta = (np.asarray(goal, np.float64) - self.env.target_pose) / max_delta
+        delta[3] = _wrap(goal[3] - self.env.target_pose[3]) / max_delta[3]
         return np.array([*np.clip(delta, -1, 1), gripper])
 
     def go(self, phase: str) -> None:

@@ -118,7 +118,7 @@ class MetaWorldEnv(SimEnv):
 
     def step(self, action):
         a = self._check_step(action, len(ACTION_NAMES))
-        raw, reward, _, _, info = self.mw.step(a)
+        raw, reward, _, _, info = self.mw.step(np.array(a))
         self.raw_obs = np.asarray(raw, np.float64)
         terminated, truncated = self._end_step(bool(info.get("success", 0.0)))
         return self._observation(), float(reward), terminated, truncated, {"is_success": terminated}

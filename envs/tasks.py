@@ -55,18 +55,17 @@ class _CubeTask(TabletopEnv):
     def _setup(self) -> None:
         self._cube_geoms = {n: self.model.geom(n).id for n in self.cube_names}
         self._cube_qpos = {n: self.model.joint(n).qposadr[0] for n in self.cube_names}
+        self._cube_pose = {n: self.data.qpos[a : a + 7] for n, a in self._cube_qpos.items()}  # views
 
     def place_cube(self, name: str, rng, half: float, xy, avoid: tuple[float, ...] = (TARGET_HUE,)) -> None:
         self.set_box(self._cube_geoms[name], np.full(3, half), random_color(rng, avoid))
         self.set_free_pose(name, [xy[0], xy[1], scene.TABLE_TOP + half], rng.uniform(-math.pi, math.pi))
 
     def cube_pos(self, name: str = "cube") -> np.ndarray:
-        adr = self._cube_qpos[name]
-        return self.data.qpos[adr : adr + 3].copy()
+        return self._cube_pose[name][:3].copy()
 
     def cube_quat(self, name: str = "cube") -> np.ndarray:
-        adr = self._cube_qpos[name]
-        return self.data.qpos[adr + 3 : adr + 7].copy()
+        return self._cube_pose[name][3:].copy()
 
     def cube_yaw(self, name: str = "cube") -> float:
         return yaw_of(self.cube_quat(name))
@@ -103,6 +102,7 @@ class _CubeToGoal(_CubeTask):
     def _setup(self) -> None:
         super()._setup()
         self._goal = self.model.body("goal").id
+        self._goal_pos = self.model.body_pos[self._goal]  # a view: moves with place_goal
 
     def place_goal(self, xy) -> None:
         self.model.body_pos[self._goal] = [xy[0], xy[1], scene.TABLE_TOP + 0.001]
@@ -111,9 +111,9 @@ class _CubeToGoal(_CubeTask):
     def goal(self) -> np.ndarray:
         return self.model.body_pos[self._goal][:2].copy()
 
-    def goal_distance(self) -> float:
-        x, y, _ = self.cube_pos().tolist()
-        gx, gy = self.model.body_pos[self._goal][:2].tolist()
+    def goal_distance(self, cube_pos: np.ndarray | None = None) -> float:
+        x, y, _ = (self.cube_pos() if cube_pos is None else cube_pos).tolist()
+        gx, gy, _ = self._goal_pos.tolist()
         return math.hypot(x - gx, y - gy)
 
     def object_state(self) -> np.ndarray:
@@ -148,8 +148,9 @@ class PickPlace(_CubeToGoal):
         self.place_goal(_sample_apart(rng, xy, 0.12, 0.3))
 
     def _success(self) -> bool:
-        on_table = self.cube_pos()[2] < scene.TABLE_TOP + self.cube_half() + 0.005
-        return self.goal_distance() < self.success_radius and on_table and self.released()
+        pos = self.cube_pos()
+        on_table = pos[2] < scene.TABLE_TOP + self.cube_half() + 0.005
+        return self.goal_distance(pos) < self.success_radius and on_table and self.released()
 
 
 class Stack(_CubeTask):
