@@ -32,6 +32,11 @@ _LAZY = {
     "backproject": "cameras",
     "project": "cameras",
     "CORTEXBENCH_TASKS": "metaworld_env",
+    "load_dataset": "dataset",
+    "dataset_spec": "dataset",
+    "read_env_metadata": "dataset",
+    "load_scene": "capture",
+    "scene_folders": "capture",
 }
 __all__ = ["ENV_IDS", "METAWORLD_ID", "OWN_TASKS", "EnvSpec", "make_env", "register", *_LAZY]
 

@@ -39,6 +39,7 @@ MAX_YAW_RATE = 3.0  # rad/s
 MAX_LEAD = 0.05  # the commanded pose stays this close to the measured tool
 SETTLE_STEPS = 40  # physics steps after a reset, before the first observation
 STATE_NAMES = ("tool_x", "tool_y", "tool_z", "tool_yaw", "gripper_opening")
+ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "gripper")
 # Constructor options every environment takes for its observations (see SimEnv._init_observations).
 OBSERVATION_OPTIONS = (
     "cameras",
@@ -50,7 +51,6 @@ OBSERVATION_OPTIONS = (
     "antialias",
     "render_mode",
 )
-ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "gripper")
 
 
 class SimEnv(gym.Env):
@@ -117,7 +117,7 @@ class SimEnv(gym.Env):
         if a.shape != (dim,):
             raise PixioError(f"action has shape {a.shape}: expected ({dim},)")
         values = a.tolist()
-        if not math.isfinite(sum(values)):  # NaN and inf survive the sum
+        if not all(map(math.isfinite, values)):
             raise PixioError(f"action {values} is not finite (NaN or inf): the episode is unchanged")
         if self._done:
             raise PixioError("the episode has ended (success or time limit): call reset() before stepping again")

@@ -195,3 +195,32 @@ def test_parallel_workers_give_the_same_episodes_in_seed_order():
     for a, b in zip(serial, parallel, strict=True):
         assert a.success and np.array_equal(a.actions, b.actions)
         assert np.array_equal(a.images["front"], b.images["front"])
+
+
+class HoldStill:
+    """A stand-in for a learned policy: the evaluation code drives it like the experts."""
+
+    def __init__(self, env):
+        self.dim = env.action_space.shape[0]
+        self.resets: list[int | None] = []
+
+    def reset(self, seed=None):
+        self.resets.append(seed)
+
+    def __call__(self, obs):
+        assert obs["pixels"].shape == (32, 32, 3) and obs["agent_pos"].shape == (5,)
+        return np.zeros(self.dim, np.float32)
+
+
+def test_any_policy_runs_through_the_same_runner():
+    spec = envs.EnvSpec.parse("reach", cameras=["top"], image_size=32, time_limit=5)
+    made = []
+
+    def factory(env):
+        made.append(HoldStill(env))
+        return made[-1]
+
+    episodes = list(run_episodes(spec, [7, 8], make_policy=factory))
+    assert isinstance(made[0], envs.Policy) and made[0].resets == [7, 8]
+    assert [e.length for e in episodes] == [5, 5] and not any(e.success for e in episodes)
+    assert episodes[0].images["top"].shape == (5, 32, 32, 3)
