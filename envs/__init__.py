@@ -35,6 +35,7 @@ _LAZY = {
     "load_dataset": "dataset",
     "dataset_spec": "dataset",
     "read_env_metadata": "dataset",
+    "observation_features": "dataset",
     "load_scene": "capture",
     "scene_folders": "capture",
 }

@@ -118,6 +118,23 @@ def lerobot_features(meta: dict, env_state_dim: int | None) -> dict:
     return features
 
 
+def observation_features(obs: dict, cameras: list[str]) -> dict[str, np.ndarray]:
+    """An environment observation under the dataset's feature names, e.g. for a policy trained
+    on a recorded dataset: `pixels` -> `observation.images.<camera>` (also with one camera,
+    where the observation holds a bare image), `agent_pos` -> `observation.state`,
+    `environment_state` -> `observation.environment_state`."""
+    pixels = obs.get("pixels")
+    if pixels is None:
+        pixels = {}
+    elif not isinstance(pixels, dict):
+        pixels = {cameras[0]: pixels}
+    out = {f"observation.images.{c}": pixels[c] for c in cameras if c in pixels}
+    out["observation.state"] = obs["agent_pos"]
+    if "environment_state" in obs:
+        out["observation.environment_state"] = obs["environment_state"]
+    return out
+
+
 # ---- what is at a path ---------------------------------------------------------------------
 
 

@@ -58,6 +58,9 @@ def test_recorded_dataset_reloads_with_lerobot_frames_actions_and_boundaries_int
     assert set(ds.meta.video_keys) == {"observation.images.front", "observation.images.wrist"}
     spec = dataset_spec(dataset)
     env = spec.make()
+    obs, _ = env.reset(seed=meta["episodes"][0]["seed"])
+    live = envs.observation_features(obs, list(meta["cameras"]))  # what a policy would be fed
+    assert set(live) == {k for k in ds.meta.features if k.startswith("observation.")}
     for index, info in enumerate(meta["episodes"]):
         ep = rollout(env, make_expert(env), info["seed"], record=True)  # what was recorded, rendered again
         assert ep.success and ep.length == info["length"]
