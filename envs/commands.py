@@ -1,0 +1,104 @@
+"""The envs package's subcommands: `collect`, `capture`, `replay` (options and where each runs).
+
+Kept free of heavy imports so `pixio-robot --help` answers at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pixio_robot.cli import Command
+
+ENV_HELP = "reach, push, pick_place, stack, drawer_open, or metaworld/<task> (e.g. metaworld/assembly)"
+
+
+@dataclass
+class EnvOptions:
+    """Environment options shared by the commands (unset: the environment's default)."""
+
+    env: str = field(default="???", metadata={"help": ENV_HELP})
+    cameras: list[str] | None = field(
+        default=None, metadata={"help": "cameras, e.g. [front,wrist] (default: front; MetaWorld corner2)"}
+    )
+    image_size: int = field(default=128, metadata={"help": "image height (and width) in pixels"})
+    image_width: int | None = field(default=None, metadata={"help": "image width, when not square"})
+    control_hz: int | None = field(default=None, metadata={"help": "control rate (own tasks; default 20)"})
+    time_limit: int | None = field(default=None, metadata={"help": "episode time limit in steps"})
+    environment_state: bool = field(default=False, metadata={"help": "also record the object state"})
+    random_lighting: bool = field(default=False, metadata={"help": "random light per episode (own tasks)"})
+    camera_jitter: float = field(default=0.0, metadata={"help": "random camera offset in metres (own tasks)"})
+
+    def env_options(self) -> dict:
+        """The options that were set (MetaWorld refuses those it does not have)."""
+        options = {"image_size": self.image_size if self.image_width is None else [self.image_size, self.image_width]}
+        if self.cameras is not None:
+            options["cameras"] = list(self.cameras)
+        for key in ("control_hz", "time_limit"):
+            if getattr(self, key) is not None:
+                options[key] = getattr(self, key)
+        for key in ("environment_state", "random_lighting", "camera_jitter"):
+            if getattr(self, key):
+                options[key] = getattr(self, key)
+        return options
+
+
+@dataclass
+class CollectConfig(EnvOptions):
+    episodes: int = field(default=50, metadata={"help": "episodes to add to the dataset"})
+    out: str = field(default="???", metadata={"help": "dataset folder (LeRobotDataset v3)"})
+    seed: int | None = field(default=None, metadata={"help": "first seed (default 0, or after the dataset's last)"})
+    workers: int = field(default=1, metadata={"help": "parallel environment processes"})
+    noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise on the expert's motion actions"})
+    keep_failed: bool = field(default=False, metadata={"help": "also keep episodes that did not succeed"})
+    append: bool = field(default=False, metadata={"help": "add episodes to an existing dataset"})
+    commit_every: int = field(default=10, metadata={"help": "episodes per crash-safe commit"})
+    max_attempts: int | None = field(default=None, metadata={"help": "give up after this many episodes"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class CaptureConfig(EnvOptions):
+    scenes: int = field(default=10, metadata={"help": "scenes to capture"})
+    views: int = field(default=8, metadata={"help": "cameras per scene, on a hemisphere"})
+    out: str = field(default="???", metadata={"help": "folder of scene folders"})
+    image_size: int = field(default=256, metadata={"help": "image height (and width) in pixels"})
+    seed: int | None = field(default=None, metadata={"help": "first scene seed (default 0, or after the last)"})
+    radius: list[float] = field(default_factory=lambda: [0.6, 1.0], metadata={"help": "camera distance range (m)"})
+    elevation: list[float] = field(default_factory=lambda: [20.0, 70.0], metadata={"help": "elevation range (deg)"})
+    fovy: float = field(default=50.0, metadata={"help": "vertical field of view of the views (deg)"})
+    expert_steps: int = field(default=20, metadata={"help": "run the expert up to this many steps first"})
+    workers: int = field(default=1, metadata={"help": "parallel processes"})
+    append: bool = field(default=False, metadata={"help": "add scenes to an existing capture folder"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class ReplayConfig:
+    source: str = field(default="???", metadata={"help": f"a dataset folder, or an environment ({ENV_HELP})"})
+    out: str = field(default="replay.rrd", metadata={"help": "Rerun recording to write"})
+    episodes: list[int] = field(default_factory=lambda: [0], metadata={"help": "episode indices (dataset)"})
+    seed: int = field(default=0, metadata={"help": "episode seed (environment)"})
+    cameras: list[str] | None = field(default=None, metadata={"help": "cameras to show (environment)"})
+    image_size: int = field(default=128, metadata={"help": "image size (environment)"})
+    noise: float = field(default=0.0, metadata={"help": "expert action noise (environment)"})
+
+
+collect = Command(
+    "collect",
+    "record scripted-expert demonstrations into a LeRobotDataset v3 (parallel, resumable)",
+    CollectConfig,
+    "envs.collect:collect",
+)
+capture = Command(
+    "capture",
+    "capture multi-view RGB, depth, segmentation and cameras of random scenes (one folder per scene)",
+    CaptureConfig,
+    "envs.capture:capture",
+)
+replay = Command(
+    "replay",
+    "replay a dataset's episodes, or a fresh expert episode, into a Rerun recording",
+    ReplayConfig,
+    "envs.replay:replay",
+    positional="source",
+)
