@@ -280,3 +280,15 @@ def test_color_entropy_separates_flat_from_varied_images():
     flat = np.zeros((32, 32, 3), np.uint8)
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert color_entropy(flat) == 0.0 and color_entropy(noise) > 8.0
+
+
+@pytest.mark.slow
+def test_frames_recorded_by_the_simulation_package_train(tmp_path):
+    """`pixio-robot collect` (envs) -> LeRobot dataset -> pretrain, through the CLI only."""
+    data = tmp_path / "pick_place"
+    assert main(["collect", "env=pick_place", "episodes=1", f"out={data}", "cameras=[front,wrist]"]) == 0
+    src = find_sources([str(data)])
+    assert len(src.index) > 20 and src.index.key(1) == "pick_place/observation.images.wrist/0"
+    assert np.asarray(src.index.read(0)).std() > 5  # a rendered scene, not a blank frame
+    assert main(run_args(data, tmp_path / "run", 3, "model.image_size=128", "batch_size=8")) == 0
+    assert (tmp_path / "run" / "encoder.safetensors").exists()
