@@ -80,6 +80,7 @@ class Curation:
 
 
 def run_curate(cfg) -> int:
+    # Imported here: the data module imports this one for `Curation`.
     import torch
     from PIL import Image
     from tqdm import tqdm
@@ -88,7 +89,7 @@ def run_curate(cfg) -> int:
     from pixio_robot.devices import pick_device, pick_dtype
 
     from .checkpointing import load_trained
-    from .data import _READ_ERRORS, center_square, find_sources, shard_samples, to_model_input
+    from .data import READ_ERRORS, center_square, find_sources, shard_samples, to_model_input
 
     out = Path(cfg.out)
     if out.suffix != ".json":
@@ -115,7 +116,7 @@ def run_curate(cfg) -> int:
             for i in range(len(index)):
                 try:
                     yield index.key(i), index.read(i)
-                except _READ_ERRORS:
+                except READ_ERRORS:
                     skipped += 1
         else:
             for url in sources.shards:
@@ -123,7 +124,7 @@ def run_curate(cfg) -> int:
                     try:
                         with Image.open(io.BytesIO(data)) as im:
                             yield key, im.convert("RGB")
-                    except _READ_ERRORS:
+                    except READ_ERRORS:
                         skipped += 1
 
     @torch.no_grad()

@@ -48,7 +48,7 @@ _PERMUTE, _SAMPLE, _ACCEPT = 1, 2, 3
 _SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*:")  # http:, https:, pipe:, s3:, gs:, ...
 _SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def sample_rng(*keys: int) -> np.random.Generator:
@@ -428,7 +428,7 @@ class IndexedBatches(torch.utils.data.IterableDataset, _Batcher):
             j = (i + bad) % n
             try:
                 return self.index.read(j), j, bad
-            except _READ_ERRORS as e:
+            except READ_ERRORS as e:
                 print(f"pretrain: warning: skipping unreadable image {self.index.key(j)} ({e.__class__.__name__})")
         raise PixioError(f"{min(n, 64)} images in a row could not be read (from {self.index.key(i)}): check the data")
 
@@ -493,7 +493,7 @@ class ShardBatches(torch.utils.data.IterableDataset, _Batcher):
                     try:
                         with Image.open(io.BytesIO(data)) as im:
                             image = im.convert("RGB")
-                    except _READ_ERRORS as e:
+                    except READ_ERRORS as e:
                         state["skipped"] += 1
                         print(f"pretrain: warning: skipping corrupt image {key} ({e.__class__.__name__})")
                         continue
