@@ -92,16 +92,19 @@ def train_step(model, optimizer, images, noise, dtype) -> None:
 
 
 def time_alternating(steps: dict, reps: int, clock=time.perf_counter) -> dict[str, float]:
-    """Seconds per step, the candidates in turn each repetition (after one warm-up). The best
-    of the repetitions: on a shared machine other jobs only ever add time, and taking turns
-    gives each candidate the same chances of a quiet moment."""
+    """Seconds per step, the candidates in turn each repetition (after one warm-up), the order
+    rotated every repetition so that none always follows the same one (the step before leaves
+    caches and the allocator in its own state). The best of the repetitions: on a shared
+    machine other jobs only ever add time, and taking turns gives each candidate the same
+    chances of a quiet moment."""
     for fn in steps.values():
         fn()
+    names = list(steps)
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(reps):
-        for name, fn in steps.items():
+    for r in range(reps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t = clock()
-            fn()
+            steps[name]()
             times[name].append(clock() - t)
     return {k: min(v) for k, v in times.items()}
 
