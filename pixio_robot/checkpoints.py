@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
+from .bundled import BUNDLED, bundled_path, is_bundled
 from .encoder import PIXIO_SIZES, PixioViT, canonical_size, create_encoder
 from .errors import PixioError
 
@@ -42,19 +43,20 @@ _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 def load_encoder(source: str | os.PathLike, size: str | None = None, **overrides) -> PixioViT:
-    """An encoder from a checkpoint path in any supported layout, or from a size name
-    ('vitb16', 'pixio_vits16', ...) for a random-initialised one.
+    """An encoder from a checkpoint path in any supported layout, the name of bundled weights
+    ('sim_vitn16', checked against its SHA-256), or a size name ('vitb16', 'pixio_vits16', ...)
+    for a random-initialised one.
 
     `size` (or `overrides` such as num_heads=...) states the architecture expected from a
     checkpoint; without it the architecture is read off the weights.
     """
     if isinstance(source, str) and not os.path.exists(source) and _is_size_name(source):
         return create_encoder(source, **overrides)
-    path = Path(source)
+    path = bundled_path(source) if is_bundled(source) and not os.path.exists(source) else Path(source)
     if not path.exists():
         raise PixioError(
             f"{path}: no such checkpoint: give a file (.pth, .safetensors), a transformers model "
-            f"folder, or a size name ({', '.join(PIXIO_SIZES)})"
+            f"folder, bundled weights ({', '.join(BUNDLED)}) or a size name ({', '.join(PIXIO_SIZES)})"
         )
     state, config = read_checkpoint(path)
     if size is not None:

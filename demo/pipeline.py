@@ -1,0 +1,313 @@
+"""The demo's stages, run in order into one folder, each kept only once it has finished.
+
+    out/
+      demo.json            options and the stages finished so far (written after each stage)
+      dataset/             scripted demonstrations (LeRobotDataset v3) + the feature cache
+      policy/              the CortexBench head (checkpoints/, metrics.csv, training.rrd, loss.png)
+      evaluation/          result.json, success.png, videos/, episodes.rrd
+      scene/               a multi-view RGB-D capture (ground truth for the reconstruction)
+      reconstruction/      scene.ply, scene.rrd, metrics.json
+      summary.json
+
+A stage that did not finish (Ctrl-C, an error, a kill) has its folder removed, on the way out
+or at the start of the next run, so nothing half-written is ever read back; running the same
+command again continues after the last finished stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixio_robot.atomic import write_bytes, write_json
+from pixio_robot.errors import PixioError
+
+from .commands import DemoConfig
+
+FORMAT = "pixio-robot/demo/1"
+SCENE_TASK = "stack"  # the richest scene of the suite to look at in 3D
+TEST_SEED = 100_000  # evaluation episodes and the scene: seeds never used for the demonstrations
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # its folder in out/
+    title: str
+    run: Callable[[DemoConfig, Path, dict], dict]  # (options, out, earlier stages' info) -> info
+
+
+def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
+    from envs.collect import collect
+    from envs.commands import CollectConfig
+
+    folder = out / "dataset"
+    collect(
+        CollectConfig(
+            env=cfg.task,
+            cameras=["front"],
+            image_size=cfg.image_size,
+            episodes=cfg.demos,
+            out=str(folder),
+            seed=0,
+            workers=cfg.workers,
+            progress=cfg.progress,
+        )
+    )
+    info = json.loads((folder / "meta/info.json").read_text())
+    return {"path": str(folder), "episodes": info["total_episodes"], "frames": info["total_frames"]}
+
+
+def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
+    from policies.commands import TrainPolicyConfig
+    from policies.train import train_policy
+
+    folder = out / "policy"
+    result = train_policy(
+        TrainPolicyConfig(
+            dataset=done["dataset"]["path"],
+            encoder=cfg.encoder,
+            head={"name": "cortexbench"},
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            out=str(folder),
+            progress=cfg.progress,
+        )
+    )
+    write_bytes(folder / "loss.png", _loss_plot(result.losses))
+    return {
+        "path": str(result.best),
+        "epochs": result.epochs,
+        "final_loss": result.losses[-1],
+        "loss_plot": str(folder / "loss.png"),
+        "cache": str(result.cache.folder) if result.cache is not None else None,
+    }
+
+
+def _evaluate(cfg: DemoConfig, out: Path, done: dict) -> dict:
+    from policies.compare import bar_chart
+    from policies.evaluation import evaluate
+
+    folder = out / "evaluation"
+    seeds = range(TEST_SEED, TEST_SEED + cfg.episodes)
+    result = evaluate(
+        done["policy"]["path"],
+        seeds=seeds,
+        workers=cfg.workers,
+        videos=min(2, cfg.episodes),
+        record=min(2, cfg.episodes),
+        out=folder,
+        label=f"CortexBench head on {cfg.encoder}",
+        progress=cfg.progress,
+    )
+    write_bytes(folder / "success.png", bar_chart([result], title=f"pixio-robot demo: {cfg.task}"))
+    return {
+        "path": str(folder / "result.json"),
+        "success_rate": result["success_rate"],
+        "ci95": list(result["ci95"]),
+        "episodes": result["episodes"],
+        "mean_length": result["mean_length"],
+        "chart": str(folder / "success.png"),
+        "recording": str(folder / "episodes.rrd"),
+        "videos": [str(folder / v) for v in result.get("videos", [])],
+    }
+
+
+def _capture(cfg: DemoConfig, out: Path, done: dict) -> dict:
+    from envs.capture import capture, scene_folders
+    from envs.commands import CaptureConfig
+
+    folder = out / "scene"
+    capture(
+        CaptureConfig(
+            env=SCENE_TASK,
+            scenes=1,
+            views=cfg.views,
+            image_size=cfg.image_size,
+            seed=TEST_SEED + cfg.seed,
+            out=str(folder),
+            progress=cfg.progress,
+        )
+    )
+    return {"path": str(scene_folders(folder)[0]), "views": cfg.views}
+
+
+def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
+    from recon.demo import reconstruct_scene
+
+    folder = out / "reconstruction"
+    folder.mkdir(parents=True, exist_ok=True)
+    return reconstruct_scene(cfg.recon, done["scene"]["path"], folder, progress=cfg.progress)
+
+
+STAGES = (
+    Stage("dataset", "recording scripted demonstrations", _collect),
+    Stage("policy", "caching features and training the CortexBench head", _train),
+    Stage("evaluation", "evaluating the policy in simulation", _evaluate),
+    Stage("scene", "capturing a multi-view RGB-D scene", _capture),
+    Stage("reconstruction", "reconstructing the scene in 3D", _reconstruct),
+)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+def run(cfg: DemoConfig) -> int:
+    _check(cfg)
+    out, state = _open(cfg)
+    print(f"pixio-robot demo: {cfg.task}, {cfg.demos} demonstrations, {cfg.episodes} test episodes -> {out}")
+    started = time.perf_counter()
+    for i, stage in enumerate(STAGES, 1):
+        head = f"[{i}/{len(STAGES)}] {stage.title}"
+        if stage.name in state["done"]:
+            print(f"{head}: finished in an earlier run, kept")
+            continue
+        print(head, flush=True)
+        _remove(out / stage.name)  # what a killed run left of this stage
+        t = time.perf_counter()
+        try:
+            info = stage.run(cfg, out, state["done"])
+        except BaseException as e:
+            _remove(out / stage.name)
+            if isinstance(e, KeyboardInterrupt):
+                print(
+                    f"\npixio-robot demo: interrupted in stage {i}/{len(STAGES)} ({stage.title}); its partial "
+                    f"output was removed, the {i - 1} finished stage(s) are kept in {out}: run the same "
+                    f"command with out={out} to continue",
+                    file=sys.stderr,
+                )
+                return 130
+            raise
+        state["done"][stage.name] = info | {"seconds": round(time.perf_counter() - t, 1)}
+        write_json(out / "demo.json", state)
+    summary = _summary(cfg, out, state, time.perf_counter() - started)
+    write_json(out / "summary.json", summary)
+    print(_summary_text(summary))
+    return 0
+
+
+def _check(cfg: DemoConfig) -> None:
+    for name in ("demos", "epochs", "episodes", "workers"):
+        if getattr(cfg, name) < 1:
+            raise PixioError(f"{name}={getattr(cfg, name)}: use 1 or more")
+    if cfg.views < 2:
+        raise PixioError(f"views={cfg.views}: the reconstruction needs at least 2 views")
+
+
+def _open(cfg: DemoConfig) -> tuple[Path, dict]:
+    """(out folder, state): a new folder, or the unfinished run of the same options in out=."""
+    options = dataclasses.asdict(cfg) | {"out": None, "progress": None}
+    if cfg.out is None:
+        root = Path("outputs/demo")
+        root.mkdir(parents=True, exist_ok=True)
+        n = 1 + max((int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()), default=0)
+        out = root / f"run-{n}"
+    else:
+        out = Path(cfg.out)
+    state_file = out / "demo.json"
+    if out.exists() and not state_file.is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise PixioError(f"out={out} holds something other than a demo run: choose another folder")
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state.get("format") != FORMAT:
+            raise PixioError(f"{state_file} is not a demo state file: choose another out=")
+        if (out / "summary.json").is_file():
+            raise PixioError(f"out={out} holds a finished demo run: choose another out= (nothing was changed)")
+        if state["options"] != options:
+            changed = sorted(k for k in options if state["options"].get(k) != options[k])
+            raise PixioError(
+                f"out={out} holds an unfinished demo run with other options ({', '.join(changed)}): "
+                "repeat its options to continue it, or choose another out="
+            )
+        return out, state
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "options": options, "done": {}}
+    write_json(state_file, state)
+    return out, state
+
+
+def _remove(path: Path) -> None:
+    """Delete a stage's folder, not to be interrupted half-way by a second Ctrl-C."""
+    if not path.exists():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _loss_plot(losses: list[float]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(range(1, len(losses) + 1), losses, color="#4C72B0")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (MSE, normalised actions)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _summary(cfg: DemoConfig, out: Path, state: dict, seconds: float) -> dict:
+    done = state["done"]
+    ev, rec = done["evaluation"], done["reconstruction"]
+    return {
+        "format": FORMAT,
+        "task": cfg.task,
+        "encoder": cfg.encoder,
+        "success_rate": ev["success_rate"],
+        "ci95": ev["ci95"],
+        "episodes": ev["episodes"],
+        "mean_length": ev["mean_length"],
+        "reconstruction": rec["metrics"],
+        "files": {
+            "dataset": done["dataset"]["path"],
+            "policy": done["policy"]["path"],
+            "result": ev["path"],
+            "success_chart": ev["chart"],
+            "loss_plot": done["policy"]["loss_plot"],
+            "policy_recording": ev["recording"],
+            "videos": ev["videos"],
+            "scene_recording": rec["recording"],
+            "point_cloud": rec["ply"],
+        },
+        "seconds": {name: info["seconds"] for name, info in done.items()},
+        "total_seconds": round(sum(info["seconds"] for info in done.values()), 1),
+        "this_session_seconds": round(seconds, 1),
+    }
+
+
+def _summary_text(s: dict) -> str:
+    lo, hi = s["ci95"]
+    m = s["reconstruction"]
+    f = s["files"]
+    lines = [
+        "",
+        f"pixio-robot demo finished in {s['total_seconds'] / 60:.1f} min",
+        f"  policy      {s['task']}: {s['success_rate']:.0%} success over {s['episodes']} held-out episodes "
+        f"(95% interval {lo:.0%}-{hi:.0%}), mean length {s['mean_length']:.0f} steps",
+        f"  recon       {m['views']} views: points rel {m['points_rel']:.3f}, depth rel {m['depth_rel']:.3f}, "
+        f"pose AUC@5 {m['pose_auc5']:.1f}, Chamfer {100 * m['chamfer']:.1f} cm, F-score@1cm {m['fscore']:.2f}",
+        f"  look at     uv run pixio-robot view {f['scene_recording']}",
+        f"              uv run pixio-robot view {f['point_cloud']}",
+        f"              uv run pixio-robot view {f['policy_recording']}",
+        f"  plots       {f['success_chart']}, {f['loss_plot']}",
+        f"  dataset     {f['dataset']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Weights that ship inside the repository, found by name and checked against a SHA-256.
+
+A clone carries them (`pixio_robot/weights/`, with a model card saying how each was made), so
+the demo and the tests of downstream jobs need no download. The hashes below are the ones the
+model card states: a file that does not match (edited, truncated, replaced by a Git LFS pointer)
+is refused instead of silently giving other features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PixioError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Bundled:
+    path: str  # relative to WEIGHTS_DIR
+    sha256: str
+    summary: str
+
+
+BUNDLED: dict[str, Bundled] = {
+    "sim_vitn16": Bundled(
+        "sim_vitn16.safetensors",
+        "SHA_ENCODER",
+        "Pixio ViT-N/16, 8 class tokens, 128x128, pre-trained by pretrain/ on frames rendered by envs/",
+    ),
+    "recon_sim_vitn16": Bundled(
+        "recon_sim_vitn16.safetensors",
+        "SHA_RECON",
+        "reconstruction head (recon/) trained on multi-view captures of envs/ over sim_vitn16",
+    ),
+}
+
+_verified: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) of the file last verified
+
+
+def is_bundled(name: str | os.PathLike) -> bool:
+    return isinstance(name, str) and name in BUNDLED
+
+
+def bundled_path(name: str) -> Path:
+    """Path of bundled weights `name`, after checking the file's SHA-256 (once per process)."""
+    from .checkpoints import sha256_file
+
+    if name not in BUNDLED:
+        raise PixioError(f"{name!r}: no bundled weights of that name: choose one of {', '.join(BUNDLED)}")
+    entry = BUNDLED[name]
+    path = WEIGHTS_DIR / entry.path
+    if not path.is_file():
+        raise PixioError(f"{path}: bundled weights {name!r} are missing: restore them with `git checkout -- {path}`")
+    stat = path.stat()
+    if _verified.get(name) != (stat.st_size, stat.st_mtime_ns):
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise PixioError(
+                f"{path}: SHA-256 {digest[:12]}... is not the {entry.sha256[:12]}... recorded in "
+                f"pixio_robot/bundled.py: the file was changed or truncated; restore it with `git checkout -- {path}`"
+            )
+        _verified[name] = (stat.st_size, stat.st_mtime_ns)
+    return path
