@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+# This file is named like the package it measures: keep its folder off the import path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 
 def collect(root: Path, episodes: int, image_size: int) -> Path:
     from pixio_robot.cli import main

@@ -216,3 +216,36 @@ def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
     refused("epochs=1", match="is not empty: pass resume=true", out=occupied)
     refused("encoder=timm:resnet18", "layer=3", match="timm backbones give their final features only")
     assert not (tmp_path / "never").exists() and not (tmp_path / "x").exists()
+
+
+def test_lerobot_dataset_windows_match_ours_and_train_the_policy(dataset):
+    """LeRobot's dataset, with this policy config's delta indices, gives the same history and
+    action windows (episode-start repeats, end padding) as our sampler, and forward() trains."""
+    from lerobot.datasets import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from torch.utils.data import default_collate
+
+    from policies import ChunkingConfig, Demonstrations, load_backbone
+    from policies.train import EncodedImages, make_policy
+
+    demos = Demonstrations.load(dataset)
+    backbone, spec = load_backbone("vitn16")
+    policy = make_policy(demos, backbone, spec, ChunkingConfig(history=2, chunk_size=6, token_grid=2)).eval()
+    meta = LeRobotDatasetMetadata("local/push", root=dataset)
+    ds = LeRobotDataset("local/push", root=dataset, delta_timestamps=resolve_delta_timestamps(policy.config, meta))
+    first_end = int(demos.episode_end[0])
+    index = torch.tensor([0, 1, first_end - 3, first_end - 1, first_end, len(demos) - 1])
+    batch = default_collate([ds[int(i)] for i in index])
+    history = demos.history_indices(index, 2)
+    targets, pad = demos.chunk_indices(index, 6)
+    assert torch.equal(batch["action_is_pad"], pad) and pad[3].sum() == 5 and not pad[0].any()
+    assert torch.equal(batch["action"][~pad], torch.from_numpy(demos.actions)[targets][~pad])
+    assert torch.equal(batch["observation.state"], torch.from_numpy(demos.states)[history])
+    ours = EncodedImages(demos.decode_frames(), policy, augment=False)(history, torch.Generator())
+    theirs = policy._batch_features(batch)
+    assert torch.allclose(ours["patches"], theirs["patches"], atol=1e-5)
+    policy.train()
+    loss, info = policy.forward(batch)
+    loss.backward()
+    assert np.isfinite(info["loss"]) and policy.head.action_out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in policy.backbone.parameters())
