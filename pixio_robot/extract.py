@@ -16,10 +16,11 @@ the options used.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -79,18 +80,26 @@ class FeatureExtractor:
                 out[f"patches.block{t.block}"] = t.patches
         return {k: v[:n].float().cpu() for k, v in out.items()}
 
+    def batches(
+        self, images: Sequence, progress: bool = False, desc: str = "features"
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(first index, features) per batch of `images`: a list of arrays, PIL images or paths,
+        or one (N, H, W, 3) uint8 array / (N, 3, H, W) tensor. For writing features out as they
+        come (e.g. into memory-mapped files) instead of holding them all."""
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                if not isinstance(chunk, (np.ndarray, torch.Tensor)):
+                    chunk = [read_image(im) if isinstance(im, (str, Path)) else im for im in chunk]
+                yield start, self.encode_batch(chunk)
+                bar.update(len(chunk))
+
     def __call__(self, images: Sequence, progress: bool = False, desc: str = "features") -> dict[str, torch.Tensor]:
         """Any number of images (arrays, PIL images or paths), in batches, concatenated."""
         parts: dict[str, list[torch.Tensor]] = {}
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
-            for start in range(0, len(images), self.batch_size):
-                batch = [
-                    read_image(im) if isinstance(im, (str, Path)) else im
-                    for im in images[start : start + self.batch_size]
-                ]
-                for k, v in self.encode_batch(batch).items():
-                    parts.setdefault(k, []).append(v)
-                bar.update(len(batch))
+        for _, feats in self.batches(images, progress, desc):
+            for k, v in feats.items():
+                parts.setdefault(k, []).append(v)
         return {k: torch.cat(v) for k, v in parts.items()}
 
 

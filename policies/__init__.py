@@ -1,0 +1,45 @@
+"""Behaviour-cloning policies on a frozen Pixio (or timm) encoder, evaluated in simulation.
+
+    from policies import TrainPolicyConfig, train_policy, evaluate
+    result = train_policy(TrainPolicyConfig(dataset="data/push", encoder="vits16", out="runs/push"))
+    print(evaluate(result.best, episodes_seeds := range(100_000, 100_050), workers=2)["success_rate"])
+
+Commands: `pixio-robot train-policy`, `eval-policy`, `compare`. The policy is a LeRobot
+`PreTrainedPolicy` (type "pixio"): `PixioPolicy.from_pretrained(folder)` loads a checkpoint.
+"""
+
+import importlib
+
+# Heavier parts (torch, LeRobot) load on first use, so `import policies` stays cheap.
+_LAZY = {
+    "TrainPolicyConfig": "commands",
+    "EvalPolicyConfig": "commands",
+    "TEST_SEED": "commands",
+    "VALIDATION_SEED": "commands",
+    "HEAD_CONFIGS": "heads",
+    "head_config": "heads",
+    "CortexBenchConfig": "configuration_cortexbench",
+    "SpatialConfig": "configuration_spatial",
+    "ChunkingConfig": "configuration_chunking",
+    "PixioConfig": "configuration_pixio",
+    "PixioPolicy": "modeling_pixio",
+    "load_policy": "modeling_pixio",
+    "save_policy": "modeling_pixio",
+    "load_backbone": "backbones",
+    "Demonstrations": "data",
+    "CacheKey": "cache",
+    "ensure_cache": "cache",
+    "cache_features": "train",
+    "train_policy": "train",
+    "TrainResult": "train",
+    "evaluate": "evaluation",
+    "EnvPolicy": "evaluation",
+    "wilson_interval": "evaluation",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'policies' has no attribute {name!r}")

@@ -1,0 +1,155 @@
+"""Policy benchmark: training with the feature cache against re-encoding images every step, and
+evaluation with 1 against 2 environment processes.
+
+    uv run python benchmarks/policies.py                       # records its own small dataset
+    uv run python benchmarks/policies.py --dataset data/push --encoder vits16
+
+1. Training samples/s, CortexBench head (history 3), batch 256, vits16 encoder at the dataset's
+   image size: steps reading cached features (what train-policy does by default) against steps
+   that decode-free re-encode the (augmented) frames of the batch with the frozen encoder
+   (`cache=off`), measured alternately in this process; the one-off cost of building the cache
+   is reported too.
+2. Evaluation episodes/min of the same policy, 1 against 2 environment processes (one torch
+   thread each), the same seeds, alternately; start-up of the processes included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# This file is named like the package it measures: keep its folder off the import path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def collect(root: Path, episodes: int, image_size: int) -> Path:
+    from pixio_robot.cli import main
+
+    path = root / "push"
+    args = ["collect", "env=push", f"episodes={episodes}", f"image_size={image_size}", f"out={path}", "workers=2"]
+    assert main([*args, "progress=false"]) == 0
+    return path
+
+
+def training_rates(dataset: Path, encoder: str, batch: int, rounds: int, cached_steps: int, image_steps: int) -> dict:
+    from policies import CortexBenchConfig, Demonstrations, load_backbone
+    from policies.train import CachedFeatures, EncodedImages, cache_features, make_policy
+
+    hc = CortexBenchConfig()
+    seed = 100
+    demos = Demonstrations.load(dataset)
+    backbone, spec = load_backbone(encoder, seed=seed)
+    policy = make_policy(demos, backbone, spec, hc)
+    optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
+
+    t = time.perf_counter()
+    cache = cache_features(dataset, encoder, seed=seed, location=str(dataset.parent / "bench_cache"), progress=False)
+    build_s = time.perf_counter() - t
+    sources = {
+        "cache": CachedFeatures(cache, ("global",)),
+        "images": EncodedImages(demos.decode_frames(), policy, True),
+    }
+    states, actions = torch.from_numpy(demos.states), torch.from_numpy(demos.actions)
+    generator = torch.Generator().manual_seed(0)
+
+    def step(source) -> None:
+        index = torch.randint(0, len(demos), (batch,), generator=generator)
+        history = demos.history_indices(index, hc.history)
+        targets, pad = demos.chunk_indices(index, 1)
+        loss = policy.loss_from_features(source(history, generator), states[index], actions[targets], pad)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    policy.train()
+    step(sources["cache"])
+    step(sources["images"])  # warm-up of both paths
+    rates: dict[str, list[float]] = {"cache": [], "images": []}
+    for _ in range(rounds):
+        for name, steps in (("cache", cached_steps), ("images", image_steps)):
+            t = time.perf_counter()
+            for _ in range(steps):
+                step(sources[name])
+            rates[name].append(steps * batch / (time.perf_counter() - t))
+    return {
+        "cache_build_s": build_s,
+        "frames": len(demos),
+        "cache": statistics.median(rates["cache"]),
+        "images": statistics.median(rates["images"]),
+    }
+
+
+def eval_rates(dataset: Path, encoder: str, episodes: int, rounds: int, tmp: Path) -> dict:
+    from policies import TrainPolicyConfig, evaluate, train_policy
+
+    run = train_policy(
+        TrainPolicyConfig(
+            dataset=str(dataset),
+            encoder=encoder,
+            epochs=1,
+            out=str(tmp / "policy"),
+            cache=str(dataset.parent / "bench_cache"),
+            progress=False,
+        )
+    )
+    seeds = range(100_000, 100_000 + episodes)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    steps = {}
+    for _ in range(rounds):
+        for workers in (1, 2):
+            result = evaluate(run.best, seeds=seeds, workers=workers, progress=False)
+            rates[workers].append(result["episodes_per_minute"])
+            steps[workers] = sum(e["length"] for e in result["per_episode"])
+    return {"steps": steps, 1: statistics.median(rates[1]), 2: statistics.median(rates[2])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, help="a recorded dataset (default: record 20 push episodes)")
+    parser.add_argument("--encoder", default="vits16")
+    parser.add_argument("--image-size", type=int, default=128, help="image size of the recorded dataset")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=8, help="episodes per evaluation")
+    parser.add_argument("--skip-eval", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dataset = args.dataset or collect(tmp, 20, args.image_size)
+        if args.dataset:  # keep the benchmark's cache out of the user's dataset folder
+            import shutil
+
+            shutil.copytree(args.dataset, tmp / "data", ignore=shutil.ignore_patterns("features"))
+            dataset = tmp / "data"
+        train = training_rates(dataset, args.encoder, args.batch, args.rounds, cached_steps=20, image_steps=1)
+        ev = None if args.skip_eval else eval_rates(dataset, args.encoder, args.episodes, max(1, args.rounds - 1), tmp)
+
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {args.encoder}, "
+        f"{train['frames']} frames at {args.image_size}x{args.image_size}; batch {args.batch}"
+    )
+    build = train["cache_build_s"]
+    print(f"feature cache built once in {build:.1f}s ({train['frames'] / build:.1f} frames/s)\n")
+    print("| training step (CortexBench head, history 3) | samples/s | vs re-encoding |")
+    print("|---|---|---|")
+    print(f"| re-encoding augmented images every step (cache=off) | {train['images']:.1f} | 1.00x |")
+    print(f"| reading the feature cache | {train['cache']:.0f} | {train['cache'] / train['images']:.0f}x |")
+    if ev is not None:
+        print("\n| evaluation (push, policy above, one torch thread per process) | episodes/min | vs 1 process |")
+        print("|---|---|---|")
+        for w in (1, 2):
+            print(
+                f"| {w} environment process{'es' if w > 1 else ''}, {args.episodes} episodes ({ev['steps'][w]} steps), "
+                f"with start-up | {ev[w]:.1f} | {ev[w] / ev[1]:.2f}x |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Configuration of the CortexBench head (`modeling_cortexbench.py`); Hydra: `head=cortexbench`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CortexBenchConfig:
+    """The policy of CortexBench's MetaWorld/MuJoCo protocol, as the Pixio paper evaluated it:
+    the global embedding (mean of the class tokens) of the last `history` frames, stacked,
+    with the proprioceptive state, through BatchNorm and an MLP with ReLU, trained with MSE
+    (Adam, lr 1e-3, batch 256, 100 epochs in the original)."""
+
+    name: str = field(default="cortexbench", metadata={"help": "head type"})
+    history: int = field(default=3, metadata={"help": "frames whose embeddings are stacked"})
+    hidden: list[int] = field(default_factory=lambda: [256, 256, 256], metadata={"help": "MLP hidden sizes"})
+    use_state: bool = field(default=True, metadata={"help": "feed the proprioceptive state"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden layer"})
+    chunk_size: int = field(default=1, metadata={"help": "actions predicted per step (1: no chunking)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})

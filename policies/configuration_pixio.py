@@ -1,0 +1,100 @@
+"""Configuration of a Pixio behaviour-cloning policy, a LeRobot `PreTrainedConfig` ("pixio").
+
+It describes the whole policy: the frozen backbone (architecture spec and weights hash; the
+weights live in the policy's `model.safetensors`), which block and image size and camera it
+reads, the head (its config as a dict, see `heads.py`), and the environment it was trained
+for. LeRobot's fields (`input_features`, `output_features`, `n_obs_steps`, `device`, ...) are
+filled in from those, so LeRobot's factory and training/evaluation scripts can drive it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.optim import AdamWConfig
+
+from pixio_robot.errors import PixioError
+
+from .heads import HeadConfig, head_config
+
+
+@PreTrainedConfig.register_subclass("pixio")
+@dataclass
+class PixioConfig(PreTrainedConfig):
+    backbone: dict[str, Any] = field(default_factory=lambda: {"kind": "pixio", "name": "vits16", "config": {}})
+    encoder_sha256: str = ""
+    layer: int = -1  # block whose tokens the head reads (normalised index for Pixio, -1 for timm)
+    image_size: list[int] = field(default_factory=lambda: [128, 128])  # encoder input (H, W)
+    camera: str = "front"
+    head: dict[str, Any] = field(default_factory=lambda: {"name": "cortexbench"})
+    env: dict[str, Any] | None = None  # envs.EnvSpec.to_dict() of the environment trained for
+    dataset: str | None = None
+    encode_batch_size: int = 64
+    # Normalisation happens inside the policy (buffers from the dataset's stats), so LeRobot's
+    # processors must pass values through unchanged.
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.IDENTITY,
+            "ACTION": NormalizationMode.IDENTITY,
+        }
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.head = dataclasses.asdict(head_config(self.head))  # checked, defaults filled in
+        self.n_obs_steps = self.head_config.history
+
+    @property
+    def head_config(self) -> HeadConfig:
+        return head_config(self.head)
+
+    @property
+    def image_key(self) -> str:
+        return f"observation.images.{self.camera}"
+
+    @staticmethod
+    def features_for(camera: str, image_hw: tuple[int, int], state_dim: int, action_dim: int) -> tuple[dict, dict]:
+        """LeRobot's (input_features, output_features) for one camera, state and action."""
+        inputs = {
+            f"observation.images.{camera}": PolicyFeature(FeatureType.VISUAL, (3, *image_hw)),
+            "observation.state": PolicyFeature(FeatureType.STATE, (state_dim,)),
+        }
+        return inputs, {"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.input_features["observation.state"].shape[0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.output_features["action"].shape[0])
+
+    @property
+    def observation_delta_indices(self) -> list[int]:
+        return list(range(1 - self.head_config.history, 1))
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.head_config.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        hc = self.head_config
+        return AdamWConfig(lr=hc.lr, weight_decay=hc.weight_decay, grad_clip_norm=10.0)
+
+    def get_scheduler_preset(self) -> None:
+        return None
+
+    def validate_features(self) -> None:
+        if self.image_key not in (self.input_features or {}):
+            raise PixioError(f"the policy reads camera {self.camera!r} but its inputs have no {self.image_key}")
+        if "observation.state" not in self.input_features or "action" not in (self.output_features or {}):
+            raise PixioError("the policy needs observation.state among its inputs and action among its outputs")

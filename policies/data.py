@@ -1,0 +1,181 @@
+"""Demonstrations for behaviour cloning: a recorded LeRobot dataset as arrays and sample windows.
+
+`Demonstrations.load(root, camera)` reads a dataset written by `pixio-robot collect` (through
+`envs.dataset.load_dataset`, i.e. LeRobot's own reader): per-frame states and actions, episode
+boundaries, the dataset's normalisation statistics (`meta/stats.json`), the environment it was
+recorded in, and - on request - every frame of one camera, decoded once in file order.
+
+A training sample is a frame index `i`: its observation history is frames `i-T+1 .. i` of the
+same episode (repeating the episode's first frame before it starts, as LeRobot's delta
+timestamps do), its target the actions `i .. i+k-1` (positions past the episode's end are
+padding, masked out of the loss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixio_robot.errors import PixioError
+
+
+@dataclass
+class Demonstrations:
+    root: Path
+    meta: dict  # meta/pixio_env.json
+    camera: str
+    states: np.ndarray  # (N, S) float32
+    actions: np.ndarray  # (N, A) float32
+    episode_start: np.ndarray  # (N,) int64: first frame of each frame's episode
+    episode_end: np.ndarray  # (N,) int64: one past its last frame
+    stats: dict  # feature -> {"mean", "std", ...} as float32 arrays
+    video_files: list[tuple[Path, float, float]]  # per episode: (file, from_timestamp, to_timestamp)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, camera: str | None = None) -> Demonstrations:
+        """The dataset at `root`; `camera` defaults to its first camera."""
+        import envs
+
+        root = Path(root)
+        if not root.exists():
+            raise PixioError(f"dataset={root}: no such folder: record one with pixio-robot collect")
+        if root.is_dir() and not any(root.iterdir()):
+            raise PixioError(
+                f"dataset={root} is an empty folder: record demonstrations into it with pixio-robot collect"
+            )
+        meta = envs.read_env_metadata(root)
+        cameras = list(meta["cameras"])
+        camera = camera or (cameras[0] if cameras else None)
+        if camera not in cameras:
+            have = ", ".join(cameras) if cameras else "none"
+            raise PixioError(
+                f"dataset={root} has no camera {camera!r} (it has: {have}): pass camera=<one of them>, "
+                "or record the dataset with that camera"
+            )
+        if not meta.get("episodes"):
+            raise PixioError(f"dataset={root} holds no episodes: record demonstrations with pixio-robot collect")
+        ds = envs.load_dataset(root)
+        if ds.num_frames == 0:
+            raise PixioError(f"dataset={root} holds no frames: record demonstrations with pixio-robot collect")
+        table = ds.hf_dataset.with_format("numpy")
+        states = np.asarray(np.stack(table["observation.state"]), np.float32)
+        actions = np.asarray(np.stack(table["action"]), np.float32)
+        if actions.shape[1] != len(meta["action_names"]):
+            raise PixioError(
+                f"dataset={root}: actions are {actions.shape[1]}-d but its environment {meta['name']} takes "
+                f"{len(meta['action_names'])}-d actions: the dataset does not belong to that environment"
+            )
+        episodes = ds.meta.episodes
+        start = np.asarray(episodes["dataset_from_index"], np.int64)
+        stop = np.asarray(episodes["dataset_to_index"], np.int64)
+        lengths = stop - start
+        key = f"observation.images.{camera}"
+        videos = [
+            (
+                root / ds.meta.get_video_file_path(e, key),
+                float(episodes[f"videos/{key}/from_timestamp"][e]),
+                float(episodes[f"videos/{key}/to_timestamp"][e]),
+            )
+            for e in range(len(start))
+        ]
+        stats = {
+            k: {s: np.asarray(v, np.float32) for s, v in d.items()}
+            for k, d in ds.meta.stats.items()
+            if k in ("observation.state", "action")
+        }
+        return cls(
+            root=root,
+            meta=meta,
+            camera=camera,
+            states=states,
+            actions=actions,
+            episode_start=np.repeat(start, lengths),
+            episode_end=np.repeat(stop, lengths),
+            stats=stats,
+            video_files=videos,
+        )
+
+    # ---- what it is ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.video_files)
+
+    @property
+    def fps(self) -> int:
+        return int(self.meta["fps"])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        cam = self.meta["cameras"][self.camera]
+        return int(cam["height"]), int(cam["width"])
+
+    @property
+    def spec(self):
+        """The `envs.EnvSpec` the demonstrations were recorded in."""
+        import envs
+
+        return envs.EnvSpec.from_dict(self.meta["env"])
+
+    def fingerprint(self) -> str:
+        """Changes whenever the recorded content does (episodes added, re-recorded, other options)."""
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        h.update(f"{len(self)}".encode())
+        return h.hexdigest()
+
+    # ---- frames ----------------------------------------------------------------------------
+
+    def decode_frames(self) -> np.ndarray:
+        """Every frame of the camera, (N, H, W, 3) uint8, in dataset order.
+
+        Each video file is decoded once, front to back (LeRobot's per-item access seeks and
+        decodes around every frame, which costs ~100x more for a whole dataset)."""
+        import av
+
+        h, w = self.image_shape
+        out = np.empty((len(self), h, w, 3), np.uint8)
+        by_file: dict[Path, list[tuple[int, float, float]]] = {}
+        starts = np.unique(self.episode_start)
+        for e, (path, t0, t1) in enumerate(self.video_files):
+            by_file.setdefault(path, []).append((int(starts[e]), t0, t1))
+        half_frame = 0.5 / self.fps
+        for path, spans in by_file.items():
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                frames, times = [], []
+                for frame in container.decode(stream):
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    times.append(float(frame.pts * stream.time_base))
+            times = np.asarray(times)
+            for first, t0, t1 in spans:
+                picked = np.flatnonzero((times >= t0 - half_frame) & (times < t1 - half_frame))
+                n = int(self.episode_end[first] - first)
+                if len(picked) != n:
+                    raise PixioError(f"{path}: {len(picked)} frames between {t0:.3f}s and {t1:.3f}s, expected {n}")
+                out[first : first + n] = np.stack([frames[i] for i in picked])
+        return out
+
+    # ---- sample windows --------------------------------------------------------------------
+
+    def history_indices(self, index: torch.Tensor, history: int) -> torch.Tensor:
+        """(B, T) frame indices of the observation history of frames `index`, oldest first."""
+        start = torch.from_numpy(self.episode_start)[index]
+        steps = torch.arange(1 - history, 1)
+        return torch.maximum(index[:, None] + steps, start[:, None])
+
+    def chunk_indices(self, index: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k) frame indices of the action targets of frames `index`, and (B, k) True where a
+        target lies past its episode's end (padding: the index is clamped to the last frame)."""
+        end = torch.from_numpy(self.episode_end)[index]
+        idx = index[:, None] + torch.arange(chunk)
+        pad = idx >= end[:, None]
+        return torch.minimum(idx, end[:, None] - 1), pad

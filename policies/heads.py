@@ -1,0 +1,56 @@
+"""The policy heads by name: their configs (torch-free) and, on demand, their modules.
+
+A head maps frozen features of the last `history` frames plus the normalised state to
+`chunk_size` normalised actions: `head(features, state) -> (B, k, A)`, with `features` holding
+"global" (B, T, D) and/or "patches" (B, T, h, w, D) as its `inputs` say, and
+`head.loss(pred, target, pad)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from pixio_robot.errors import PixioError
+
+from .configuration_chunking import ChunkingConfig
+from .configuration_cortexbench import CortexBenchConfig
+from .configuration_spatial import SpatialConfig
+
+HEAD_CONFIGS: dict[str, type] = {"cortexbench": CortexBenchConfig, "spatial": SpatialConfig, "chunking": ChunkingConfig}
+HEAD_MODULES = {
+    "cortexbench": "policies.modeling_cortexbench:CortexBenchHead",
+    "spatial": "policies.modeling_spatial:SpatialHead",
+    "chunking": "policies.modeling_chunking:ChunkingHead",
+}
+HeadConfig = CortexBenchConfig | SpatialConfig | ChunkingConfig
+
+
+def head_config(value: dict | HeadConfig) -> HeadConfig:
+    """A head config from its dict form (as saved in a policy's config.json), checked."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    name = value.get("name")
+    if name not in HEAD_CONFIGS:
+        raise PixioError(f"unknown head {name!r}: choose one of {', '.join(HEAD_CONFIGS)}")
+    cls = HEAD_CONFIGS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise PixioError(f"head {name} has no option {unknown[0]!r}: options are {', '.join(sorted(known))}")
+    config = cls(**value)
+    if config.history < 1 or config.chunk_size < 1:
+        raise PixioError(f"head {name}: history and chunk_size must be at least 1")
+    if getattr(config, "n_action_steps", 1) > config.chunk_size:
+        raise PixioError(f"head {name}: n_action_steps={config.n_action_steps} exceeds chunk_size={config.chunk_size}")
+    return config
+
+
+def make_head(config: HeadConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int):
+    module, _, cls = HEAD_MODULES[config.name].partition(":")
+    return getattr(importlib.import_module(module), cls)(config, feature_dim, grid, state_dim, action_dim)
+
+
+def head_inputs(config: HeadConfig) -> tuple[str, ...]:
+    """Which features a head reads, without building it."""
+    return ("global",) if config.name == "cortexbench" else ("patches",)

@@ -1,0 +1,63 @@
+"""The CortexBench head: stacked global embeddings + state -> BatchNorm -> MLP -> action.
+
+Inputs are normalised state and features; the output is the normalised action (the policy
+around it, `modeling_pixio.py`, handles normalisation with the dataset's statistics).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration_cortexbench import CortexBenchConfig
+
+
+class BatchNormMLP(nn.Module):
+    """BatchNorm on the input, then Linear-ReLU(-Dropout) per hidden size, then Linear: the
+    policy network of CortexBench (mjrl's `BatchNormMLP`)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.input_norm = nn.BatchNorm1d(in_dim)
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        layers.append(nn.Linear(in_dim, out_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.input_norm(x))
+
+
+def masked_loss(error: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `error` (B, k, A) over the positions that are not padding (`pad` (B, k))."""
+    if pad is None:
+        return error.mean()
+    keep = (~pad).unsqueeze(-1).to(error.dtype)
+    return (error * keep).sum() / (keep.sum() * error.shape[-1]).clamp(min=1)
+
+
+class CortexBenchHead(nn.Module):
+    inputs = ("global",)
+
+    def __init__(
+        self, config: CortexBenchConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int
+    ):
+        super().__init__()
+        self.config = config
+        self.action_dim = action_dim
+        in_dim = config.history * feature_dim + (state_dim if config.use_state else 0)
+        self.net = BatchNormMLP(in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout)
+
+    def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
+        """features["global"] (B, T, D), state (B, S) -> actions (B, k, A)."""
+        x = features["global"].flatten(1)
+        if self.config.use_state:
+            x = torch.cat([x, state], dim=1)
+        return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_loss((pred - target).square(), pad)

@@ -1,0 +1,258 @@
+"""A behaviour-cloning policy on a frozen encoder, as a LeRobot `PreTrainedPolicy` ("pixio").
+
+    policy = PixioPolicy.from_pretrained("runs/push/checkpoints/best")   # or policies.load_policy(...)
+    policy.reset()
+    action = policy.select_action({"observation.images.front": image, "observation.state": state})
+
+Parts: `backbone` (frozen: Pixio or a timm model, see `backbones.py`), `head` (trainable, see
+`heads.py`) and the dataset's normalisation statistics (buffers: state and action mean/std).
+Everything is in `model.safetensors`, so a saved policy needs no other file.
+
+Two ways in:
+- LeRobot's: `forward(batch)` -> (loss, info) on a batch of images (B, T, 3, H, W) in [0, 1],
+  `observation.state` and `action` (B, k, A) with `action_is_pad`, as LeRobot's dataset gives
+  them for this config's delta indices; `select_action(batch)` one step at a time.
+- the feature cache's: `loss_from_features(features, state, actions, pad)`, where features
+  were computed once by `encode` (what `policies.train` does).
+At inference every frame is encoded once; the policy keeps the last `history` frames' features
+and, for chunking heads, the temporal ensemble of its chunks. `reset()` clears both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
+from torch import Tensor
+
+from pixio_robot.errors import PixioError
+from pixio_robot.extract import FeatureExtractor
+
+from .backbones import build_backbone
+from .configuration_pixio import PixioConfig
+from .heads import head_inputs, make_head
+from .modeling_chunking import TemporalEnsembler
+
+MIN_STD = 1e-2  # a constant dimension (e.g. a gripper that never opens) must not blow up
+
+
+class PixioPolicy(PreTrainedPolicy):
+    config_class = PixioConfig
+    name = "pixio"
+
+    def __init__(self, config: PixioConfig, dataset_stats: dict | None = None, backbone=None, **kwargs):
+        """`backbone`: the frozen encoder module, when already built (else from `config.backbone`
+        with fresh weights, which a checkpoint's weights then replace)."""
+        super().__init__(config)
+        config.validate_features()
+        self.backbone = backbone if backbone is not None else build_backbone(config.backbone)
+        hc = config.head_config
+        patch = self.backbone.patch_size
+        h, w = config.image_size
+        if h % patch or w % patch:
+            raise PixioError(f"image_size={h}x{w} is not a multiple of the backbone's input stride {patch}")
+        self.grid = (h // patch, w // patch)
+        self.inputs = head_inputs(hc)
+        self.head = make_head(hc, self.backbone.embed_dim, self.grid, config.state_dim, config.action_dim)
+        for name, dim in (("state", config.state_dim), ("action", config.action_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+        if dataset_stats is not None:
+            self.set_normalization(dataset_stats)
+        self._extractors: dict[tuple, FeatureExtractor] = {}
+        self.reset()
+
+    # ---- normalisation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_normalization(self, stats: dict) -> None:
+        """Mean and std of `observation.state` and `action` from a dataset's stats."""
+        for name, key in (("state", "observation.state"), ("action", "action")):
+            if key not in stats:
+                raise PixioError(f"the dataset's stats have no {key!r}: cannot normalise")
+            mean = torch.as_tensor(np.asarray(stats[key]["mean"]), dtype=torch.float32).reshape(-1)
+            std = torch.as_tensor(np.asarray(stats[key]["std"]), dtype=torch.float32).reshape(-1)
+            getattr(self, f"{name}_mean").copy_(mean)
+            getattr(self, f"{name}_std").copy_(std.clamp(min=MIN_STD))
+
+    def normalize_state(self, state: Tensor) -> Tensor:
+        return (state - self.state_mean) / self.state_std
+
+    def normalize_action(self, action: Tensor) -> Tensor:
+        return (action - self.action_mean) / self.action_std
+
+    def unnormalize_action(self, action: Tensor) -> Tensor:
+        return action * self.action_std + self.action_mean
+
+    # ---- features --------------------------------------------------------------------------
+
+    def extractor(self, batch_size: int) -> FeatureExtractor:
+        device = self.state_mean.device
+        key = (batch_size, str(device))
+        if key not in self._extractors:
+            self._extractors[key] = FeatureExtractor(
+                self.backbone,
+                tuple(self.config.image_size),
+                [self.config.layer],
+                patches="patches" in self.inputs,
+                batch_size=batch_size,
+                device=device,
+            )
+        return self._extractors[key]
+
+    @torch.no_grad()
+    def encode(self, images, batch_size: int | None = None) -> dict[str, Tensor]:
+        """Frames -> {"global": (N, D), "patches": (N, h, w, D)} as the head reads them.
+
+        images: (N, 3, H, W) float in [0, 1] or uint8 tensor, or (N, H, W, 3) uint8 array."""
+        n = len(images)
+        extractor = self.extractor(min(n, batch_size or self.config.encode_batch_size))
+        parts: dict[str, list[Tensor]] = {k: [] for k in self.inputs}
+        block = extractor.blocks[0]
+        for _, feats in extractor.batches(images):
+            for k in self.inputs:
+                parts[k].append(feats["global" if k == "global" else f"patches.block{block}"])
+        device = self.state_mean.device
+        # .clone(): the extractor runs in inference mode, whose tensors autograd refuses to save
+        return {k: torch.cat(v).to(device).clone() for k, v in parts.items()}
+
+    # ---- training --------------------------------------------------------------------------
+
+    def loss_from_features(
+        self, features: dict[str, Tensor], state: Tensor, actions: Tensor, pad: Tensor | None = None
+    ) -> Tensor:
+        """features (B, T, ...), raw state (B, S), raw actions (B, k, A), pad (B, k) -> loss."""
+        pred = self.head(features, self.normalize_state(state))
+        return self.head.loss(pred, self.normalize_action(actions), pad)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """LeRobot's training step: images are encoded by the frozen backbone on the fly."""
+        features = self._batch_features(batch)
+        state = batch["observation.state"]
+        state = state[:, -1] if state.ndim == 3 else state
+        actions = batch["action"]
+        actions = actions[:, None] if actions.ndim == 2 else actions
+        loss = self.loss_from_features(features, state, actions, batch.get("action_is_pad"))
+        return loss, {"loss": float(loss.detach())}
+
+    def _batch_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        images = batch[self.config.image_key]
+        if images.ndim == 4:
+            images = images[:, None]
+        b, t = images.shape[:2]
+        history = self.config.head_config.history
+        if t == 1 and history > 1:
+            images = images.expand(-1, history, -1, -1, -1)
+        elif t != history:
+            raise PixioError(f"batch has {t} frames per sample; this policy's history is {history}")
+        flat = self.encode(images.flatten(0, 1))
+        return {k: v.unflatten(0, (b, history)) for k, v in flat.items()}
+
+    def get_optim_params(self):
+        return self.head.parameters()
+
+    def train(self, mode: bool = True) -> PixioPolicy:
+        super().train(mode)
+        self.backbone.eval()  # frozen: its BatchNorm statistics and dropout stay as they are
+        return self
+
+    # ---- inference -------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        hc = self.config.head_config
+        self._history: deque[dict[str, Tensor]] = deque(maxlen=hc.history)
+        self._queue: deque[Tensor] = deque()
+        coeff = getattr(hc, "temporal_ensemble_coeff", None)
+        self._ensembler = TemporalEnsembler(coeff, hc.chunk_size) if coeff is not None and hc.chunk_size > 1 else None
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """(B, k, A) actions for a batch with `history` frames per sample (or one, repeated)."""
+        state = batch["observation.state"]
+        state = state[:, -1] if state.ndim == 3 else state
+        return self._chunk(self._batch_features(batch), state)
+
+    def _chunk(self, features: dict[str, Tensor], state: Tensor) -> Tensor:
+        return self.unnormalize_action(self.head(features, self.normalize_state(state.float())))
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """One step: (B, A) actions for one observation per sample (image (B, 3, H, W) in [0, 1]
+        or uint8, or (B, H, W, 3) uint8; state (B, S)). Call `eval()` first (LeRobot does)."""
+        image = batch[self.config.image_key]
+        state = torch.as_tensor(batch["observation.state"], device=self.state_mean.device)
+        state = state[None] if state.ndim == 1 else state
+        frame = self.encode(image)
+        self._history.append(frame)
+        while len(self._history) < self._history.maxlen:  # episode start: repeat the first frame
+            self._history.appendleft(frame)
+        if self._queue:
+            return self._queue.popleft()
+        features = {k: torch.stack([f[k] for f in self._history], dim=1) for k in self.inputs}
+        chunk = self._chunk(features, state)
+        if chunk.shape[1] == 1:
+            return chunk[:, 0]
+        if self._ensembler is not None:
+            return self._ensembler.update(chunk)
+        steps = self.config.head_config.n_action_steps
+        self._queue.extend(chunk[:, i] for i in range(1, steps))
+        return chunk[:, 0]
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def save_policy(
+    policy: PixioPolicy, folder: str | Path, extra: dict[str, Callable[[Path], None]] | None = None
+) -> Path:
+    """The policy as a LeRobot pretrained folder (config.json, model.safetensors and LeRobot's
+    processor files), written whole: into a temporary folder renamed into place. `extra` maps
+    file names to writers of more files that must change together with it (training state)."""
+    from pixio_robot.atomic import atomic_dir
+
+    from .processor_pixio import make_pixio_pre_post_processors
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        policy.save_pretrained(tmp)
+        for pipeline in make_pixio_pre_post_processors(policy.config):
+            pipeline.save_pretrained(tmp)
+        for name, write in (extra or {}).items():
+            write(tmp / name)
+    return folder
+
+
+def load_policy_config(folder: str | Path, device: str = "cpu") -> PixioConfig:
+    """The config of a saved policy (cheap: no weights are read), checked."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not (config_file.is_file() and (folder / "model.safetensors").is_file()):
+        raise PixioError(
+            f"policy={folder}: not a saved policy (needs config.json and model.safetensors): pass a checkpoint "
+            "folder such as runs/<name>/checkpoints/best"
+        )
+    try:
+        kind = json.loads(config_file.read_text()).get("type")
+    except json.JSONDecodeError as e:
+        raise PixioError(f"{config_file}: unreadable ({e})") from None
+    if kind != "pixio":
+        raise PixioError(f"policy={folder} is a LeRobot {kind!r} policy, not a pixio one")
+    return PixioConfig.from_pretrained(folder, cli_overrides=[f"--device={device}"])
+
+
+def load_policy(folder: str | Path, device: str = "cpu") -> PixioPolicy:
+    """A saved policy, checked: every weight present, in eval mode."""
+    config = load_policy_config(folder, device)
+    with contextlib.redirect_stdout(io.StringIO()):  # LeRobot prints "Loading weights from local directory"
+        try:
+            policy = PixioPolicy.from_pretrained(folder, config=config, strict=True)
+        except RuntimeError as e:
+            raise PixioError(f"policy={folder}: weights do not fit its config ({str(e).splitlines()[0]})") from None
+    return policy

@@ -1,0 +1,397 @@
+"""`pixio-robot train-policy`: behaviour cloning of a head on a frozen encoder.
+
+    pixio-robot train-policy dataset=data/push encoder=vits16.safetensors head=cortexbench out=runs/push
+
+Steps: read the demonstrations (`data.Demonstrations`), build the frozen backbone, encode every
+frame once into the feature cache (`cache.py`; or, with `cache=off`, encode augmented images
+every step), then train the head with the head's optimiser settings, normalising state and
+actions with the dataset's statistics. Every `eval_every` epochs the last checkpoint is run in
+simulation on validation seeds (from 50000; `eval-policy` tests from 100000, collection uses
+0..): the best one so far is kept next to the last.
+
+Run folder:
+    train_config.json       the full configuration (a resumed run must match it)
+    metrics.csv             per epoch: loss, learning rate, samples/s, validation success
+    training.rrd            the same scalars as a Rerun recording (per training session)
+    checkpoints/last/       LeRobot pretrained folder + training_state.safetensors (optimiser)
+    checkpoints/best/       the best evaluated checkpoint (= last when nothing was evaluated)
+    summary.json            what the run did: epochs, losses, evaluations, cache, timings
+
+Shuffling and dropout draw from generators seeded by (seed, epoch), so a resumed run repeats
+exactly what the uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from pixio_robot.atomic import atomic_dir, atomic_path, write_json
+from pixio_robot.config import to_dict
+from pixio_robot.devices import pick_device
+from pixio_robot.errors import PixioError
+from pixio_robot.viz import ScalarLog, rerun_recording
+
+from .backbones import load_backbone, weights_sha256
+from .cache import CacheKey, FeatureCache, ensure_cache
+from .commands import VALIDATION_SEED, TrainPolicyConfig
+from .configuration_cortexbench import CortexBenchConfig
+from .configuration_pixio import PixioConfig
+from .data import Demonstrations
+from .heads import HeadConfig, head_config, head_inputs
+from .modeling_pixio import PixioPolicy, save_policy
+
+TRAIN_STATE = "training_state.safetensors"
+# Options that may change when a run is resumed; every other one must match.
+RESUMABLE = {"epochs", "resume", "progress", "eval_workers", "device", "save_every", "threads"}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    last: Path
+    best: Path
+    epochs: int
+    losses: list[float]  # mean training loss per epoch (this session's and earlier ones)
+    best_success: float | None
+    cache: FeatureCache | None
+    seconds: float
+
+
+# ---- where features come from ---------------------------------------------------------------
+
+
+class CachedFeatures:
+    """Features of frame indices from the memory-mapped cache."""
+
+    def __init__(self, cache: FeatureCache, inputs: tuple[str, ...]):
+        self.cache, self.inputs = cache, inputs
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {k: self.cache.gather(k, frames) for k in self.inputs}
+
+
+class EncodedImages:
+    """Features of frame indices computed from the decoded images at every step, with random
+    shifts (DrQ-style: pad 4 pixels by replication, crop back at a random offset)."""
+
+    def __init__(self, frames: np.ndarray, policy: PixioPolicy, augment: bool, pad: int = 4):
+        self.frames = torch.from_numpy(frames)  # (N, H, W, 3) uint8
+        self.policy, self.augment, self.pad = policy, augment, pad
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        unique, inverse = torch.unique(frames, return_inverse=True)
+        images = self.frames[unique].permute(0, 3, 1, 2).float().div_(255)
+        if self.augment:
+            images = random_shift(images, self.pad, generator)
+        feats = self.policy.encode(images)
+        return {k: v[inverse] for k, v in feats.items()}
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+def train_policy(cfg: TrainPolicyConfig) -> TrainResult:
+    """Train as `cfg` says; see the module doc. Bad input raises PixioError before anything is
+    written."""
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    hc = head_config(cfg.head if cfg.head is not None else {"name": "cortexbench"})
+    _check_options(cfg)
+    config_dict = to_dict(cfg) | {"head": dataclasses.asdict(hc)}
+    last_dir, best_dir = out / "checkpoints/last", out / "checkpoints/best"
+    resumed = _check_out(out, cfg, config_dict, last_dir)
+
+    demos = Demonstrations.load(cfg.dataset, cfg.camera)
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    backbone, spec = load_backbone(cfg.encoder, cfg.encoder_init, cfg.encoder_weights, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)  # the head's initialisation
+    policy = make_policy(demos, backbone, spec, hc, cfg.layer, cfg.image_size, device)
+    pconfig = policy.config
+    optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
+    inputs_needed = head_inputs(hc)
+    cache = None
+    if cfg.cache != "off":
+        cache = _ensure_cache(
+            demos, backbone, spec, pconfig, "patches" in inputs_needed, cfg.cache, cfg.cache_dtype, cfg.progress
+        )
+        source = CachedFeatures(cache, inputs_needed)
+        print(f"features: {'built' if cache.built else 'reused'} {cache.path}", file=sys.stderr)
+    else:
+        source = EncodedImages(demos.decode_frames(), policy, cfg.augment)
+
+    state = {"epoch": 0, "step": 0, "best_success": None, "best_epoch": None, "losses": []}
+    if resumed:
+        state = _load_training_state(last_dir, policy, optimizer, pconfig)
+    else:  # every check has passed: only now is anything written to out=
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", config_dict)
+
+    states = torch.from_numpy(demos.states)
+    actions = torch.from_numpy(demos.actions)
+    n = len(demos)
+    spec_env = demos.spec
+    eval_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + cfg.eval_episodes))
+
+    from tqdm import tqdm
+
+    with (
+        rerun_recording(out / "training.rrd", application_id="pixio_robot_train_policy") as rec,
+        ScalarLog(out / "metrics.csv", rec, resume_step=state["step"] if resumed else None) as log,
+    ):
+        bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not cfg.progress)
+        for epoch in range(state["epoch"], cfg.epochs):
+            t0 = time.perf_counter()
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            torch.manual_seed(cfg.seed * 1_000_033 + epoch)  # dropout
+            policy.train()
+            total, count = 0.0, 0
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, cfg.batch_size):
+                index = order[start : start + cfg.batch_size]
+                if len(index) < 2:  # BatchNorm needs two samples
+                    continue
+                history = demos.history_indices(index, hc.history)
+                targets, pad = demos.chunk_indices(index, hc.chunk_size)
+                features = {k: v.to(device) for k, v in source(history, generator).items()}
+                loss = policy.loss_from_features(
+                    features, states[index].to(device), actions[targets].to(device), pad.to(device)
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(index)
+                count += len(index)
+                state["step"] += 1
+            mean_loss = total / max(count, 1)
+            if not math.isfinite(mean_loss):
+                raise PixioError(f"the training loss became {mean_loss} at epoch {epoch + 1}: lower the head's lr")
+            state["epoch"] = epoch + 1
+            state["losses"].append(mean_loss)
+            seconds = time.perf_counter() - t0
+            success = float("nan")
+            final = epoch + 1 == cfg.epochs
+            evaluate_now = cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or final)
+            if evaluate_now or final or (epoch + 1) % max(cfg.save_every, 1) == 0:
+                _save(policy, optimizer, state, last_dir)
+            if evaluate_now:
+                from .evaluation import evaluate
+
+                result = evaluate(last_dir, spec_env, eval_seeds, workers=cfg.eval_workers, progress=False)
+                success = result["success_rate"]
+                if state["best_success"] is None or success >= state["best_success"]:
+                    state["best_success"], state["best_epoch"] = success, epoch + 1
+                    _copy_checkpoint(last_dir, best_dir)
+                    _save(policy, optimizer, state, last_dir)  # remember the new best in the state
+            log.log(
+                state["step"],
+                epoch=epoch + 1,
+                loss=mean_loss,
+                lr=optimizer.param_groups[0]["lr"],
+                samples_per_s=count / max(seconds, 1e-9),
+                val_success=success,
+            )
+            bar.set_postfix(loss=f"{mean_loss:.4f}", **({"val": f"{success:.0%}"} if evaluate_now else {}))
+            bar.update(1)
+        bar.close()
+    if cfg.eval_every == 0 or not best_dir.exists():
+        _copy_checkpoint(last_dir, best_dir)
+    elapsed = time.perf_counter() - started
+    summary = {
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "final_loss": state["losses"][-1] if state["losses"] else None,
+        "first_loss": state["losses"][0] if state["losses"] else None,
+        "best_epoch": state["best_epoch"],
+        "best_validation_success": state["best_success"],
+        "validation_seeds": [eval_seeds[0], eval_seeds[-1]] if cfg.eval_every and eval_seeds else None,
+        "best_is": "best validation success" if state["best_epoch"] else "last (nothing evaluated)",
+        "frames": n,
+        "episodes": demos.num_episodes,
+        "cache": None if cache is None else {"path": str(cache.path), "built": cache.built},
+        "encoder_sha256": pconfig.encoder_sha256,
+        "seconds": elapsed,
+    }
+    write_json(out / "summary.json", summary)
+    return TrainResult(out, last_dir, best_dir, state["epoch"], state["losses"], state["best_success"], cache, elapsed)
+
+
+def make_policy(
+    demos: Demonstrations,
+    backbone,
+    spec: dict,
+    head: HeadConfig | None = None,
+    layer: int = -1,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> PixioPolicy:
+    """A fresh policy for a dataset: its camera, state and action sizes, normalisation
+    statistics and environment, on a built backbone (see `backbones.load_backbone`)."""
+    device = torch.device(device)
+    inputs, outputs = PixioConfig.features_for(
+        demos.camera, demos.image_shape, demos.states.shape[1], demos.actions.shape[1]
+    )
+    config = PixioConfig(
+        device=device.type,
+        backbone=spec,
+        encoder_sha256=weights_sha256(backbone),
+        layer=backbone.block_indices(layer)[0],
+        image_size=[image_size, image_size] if image_size else list(demos.image_shape),
+        camera=demos.camera,
+        head=dataclasses.asdict(head or CortexBenchConfig()),
+        env=demos.spec.to_dict(),
+        dataset=str(demos.root),
+        input_features=inputs,
+        output_features=outputs,
+    )
+    return PixioPolicy(config, dataset_stats=demos.stats, backbone=backbone).to(device)
+
+
+def cache_features(
+    dataset: str | Path,
+    encoder: str,
+    *,
+    encoder_init: str = "pretrained",
+    encoder_weights: str | None = None,
+    layer: int = -1,
+    image_size: int | None = None,
+    camera: str | None = None,
+    patches: bool = False,
+    location: str = "auto",
+    dtype: str = "float16",
+    seed: int = 100,
+    progress: bool = True,
+) -> FeatureCache:
+    """Encode a dataset's frames into its feature cache now (train-policy does it on its first
+    run; the arguments mean what train-policy's options of the same names do, and the same
+    values give the cache train-policy will reuse)."""
+    demos = Demonstrations.load(dataset, camera)
+    backbone, spec = load_backbone(encoder, encoder_init, encoder_weights, seed=seed)
+    policy = make_policy(demos, backbone, spec, layer=layer, image_size=image_size)
+    return _ensure_cache(demos, backbone, spec, policy.config, patches, location, dtype, progress)
+
+
+def _ensure_cache(
+    demos: Demonstrations,
+    backbone,
+    spec: dict,
+    config: PixioConfig,
+    patches: bool,
+    location: str,
+    dtype: str,
+    progress: bool,
+) -> FeatureCache:
+    from pixio_robot.extract import FeatureExtractor
+
+    key = CacheKey(spec["name"], config.encoder_sha256, config.layer, tuple(config.image_size), demos.camera, dtype)
+    device = pick_device(config.device)
+    extractor = FeatureExtractor(
+        backbone, tuple(config.image_size), [config.layer], patches, config.encode_batch_size, device
+    )
+    return ensure_cache(demos, extractor, key, patches, location, progress)
+
+
+def _check_options(cfg: TrainPolicyConfig) -> None:
+    for name in ("epochs", "batch_size", "eval_episodes", "eval_workers"):
+        if getattr(cfg, name) < 1:
+            raise PixioError(f"{name}={getattr(cfg, name)}: use 1 or more")
+    if cfg.batch_size < 2:
+        raise PixioError(f"batch_size={cfg.batch_size}: BatchNorm needs at least 2")
+    if cfg.eval_every < 0:
+        raise PixioError(f"eval_every={cfg.eval_every}: use 0 (never) or a number of epochs")
+    if cfg.cache_dtype not in ("float16", "float32"):
+        raise PixioError(f"cache_dtype={cfg.cache_dtype!r}: use float16 or float32")
+
+
+def _check_out(out: Path, cfg: TrainPolicyConfig, config_dict: dict, last_dir: Path) -> bool:
+    """True when resuming; refuses an occupied folder otherwise (nothing is touched)."""
+    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if not cfg.resume:
+        if occupied:
+            raise PixioError(f"out={out} is not empty: pass resume=true to continue that run, or choose another out=")
+        return False
+    if not (last_dir / TRAIN_STATE).is_file():
+        if occupied:
+            raise PixioError(f"out={out} has no checkpoint to resume from ({last_dir}): start a new run elsewhere")
+        return False  # nothing to resume: a fresh run
+    saved = json.loads((out / "train_config.json").read_text())
+    for key in sorted(set(saved) | set(config_dict)):
+        if key not in RESUMABLE and saved.get(key) != config_dict.get(key):
+            raise PixioError(
+                f"cannot resume {out}: it was trained with {key}={saved.get(key)!r}, this command has "
+                f"{key}={config_dict.get(key)!r} (only {', '.join(sorted(RESUMABLE))} may change)"
+            )
+    return True
+
+
+def _save(policy: PixioPolicy, optimizer: torch.optim.Optimizer, state: dict, folder: Path) -> None:
+    def write_state(path: Path) -> None:
+        opt = optimizer.state_dict()
+        tensors = {
+            f"optimizer.{i}.{name}": torch.as_tensor(value).contiguous()
+            for i, slots in opt["state"].items()
+            for name, value in slots.items()
+        }
+        meta = {"training": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    save_policy(policy, folder, extra={TRAIN_STATE: write_state})
+
+
+def _load_training_state(
+    folder: Path, policy: PixioPolicy, optimizer: torch.optim.Optimizer, config: PixioConfig
+) -> dict:
+    from safetensors import safe_open
+
+    saved = json.loads((folder / "config.json").read_text())
+    if saved.get("encoder_sha256") != config.encoder_sha256:
+        raise PixioError(f"cannot resume {folder}: it was trained on another encoder's features")
+    policy.load_state_dict(load_file(str(folder / "model.safetensors")))
+    tensors = load_file(str(folder / TRAIN_STATE))
+    with safe_open(str(folder / TRAIN_STATE), framework="pt") as f:
+        meta = f.metadata()
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, i, name = key.split(".", 2)
+        opt_state.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    return json.loads(meta["training"])
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    with atomic_dir(dst) as tmp:
+        for f in src.iterdir():
+            if f.name != TRAIN_STATE:
+                shutil.copy2(f, tmp / f.name)
+
+
+def run(cfg: TrainPolicyConfig) -> int:
+    result = train_policy(cfg)
+    losses = result.losses
+    best = "" if result.best_success is None else f", best validation success {result.best_success:.0%}"
+    print(
+        f"{result.out}: {result.epochs} epochs in {result.seconds:.0f}s, loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+        f"{best}; policy: {result.best} (evaluate: pixio-robot eval-policy policy={result.best} out=...)"
+    )
+    return 0

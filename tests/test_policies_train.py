@@ -1,0 +1,251 @@
+"""Training policies: the loss falls, the feature cache is reused and rebuilt when it must be,
+checkpoints reload to identical actions (ours and LeRobot's loaders), resuming repeats the
+uninterrupted run, and bad input is refused with nothing changed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from policies_helpers import IMAGE_SIZE, recorded_push, snapshot, train_args
+from safetensors.torch import load_file
+
+import pixio_robot
+from pixio_robot.cli import main
+from pixio_robot.errors import PixioError
+from pixio_robot.viz import rrd_entities
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return recorded_push(tmp_path_factory)
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def observations(dataset: Path, steps: int = 6) -> list[dict]:
+    """A real observation sequence: an expert episode of the dataset's environment."""
+    import envs
+
+    env = envs.dataset_spec(dataset).make()
+    expert = envs.make_expert(env)
+    obs, _ = env.reset(seed=123)
+    expert.reset(123)
+    seq = []
+    for _ in range(steps):
+        seq.append(
+            {
+                "observation.images.front": torch.from_numpy(obs["pixels"]).permute(2, 0, 1)[None].float() / 255,
+                "observation.state": torch.from_numpy(obs["agent_pos"])[None],
+            }
+        )
+        obs, *_ = env.step(expert(obs))
+    env.close()
+    return seq
+
+
+def actions(policy, seq: list[dict]) -> torch.Tensor:
+    policy.eval()
+    policy.reset()
+    return torch.cat([policy.select_action(batch) for batch in seq])
+
+
+def test_cortexbench_head_loss_falls_and_run_folder_is_complete(dataset, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(dataset, out, "epochs=12", "batch_size=32", "seed=1")) == 0
+    s = summary(out)
+    assert s["epochs"] == 12 and s["cache"]["path"].startswith(str(dataset / "features"))
+    assert s["final_loss"] < 0.5 * s["first_loss"], (s["first_loss"], s["final_loss"])
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    assert float(rows[-1]["loss"]) == pytest.approx(s["final_loss"], rel=1e-4)
+    for name in ("best", "last"):
+        folder = out / "checkpoints" / name
+        assert {"config.json", "model.safetensors", "policy_preprocessor.json"} <= {p.name for p in folder.iterdir()}
+    assert (out / "checkpoints/last/training_state.safetensors").is_file()
+    config = json.loads((out / "checkpoints/best/config.json").read_text())
+    assert config["type"] == "pixio" and config["head"]["hidden"] == [256, 256, 256] and config["n_obs_steps"] == 3
+    assert config["env"]["id"] == "pixio_robot/Push-v0" and config["image_size"] == [IMAGE_SIZE, IMAGE_SIZE]
+    assert {"/metrics/loss", "/metrics/samples_per_s"} <= rrd_entities(out / "training.rrd")
+
+
+def test_cache_reused_on_second_run_and_rebuilt_when_the_checkpoint_changes(dataset, tmp_path):
+    from policies import cache_features
+
+    encoder = tmp_path / "encoder.safetensors"
+    torch.manual_seed(0)
+    pixio_robot.save_encoder(pixio_robot.create_encoder("vitn16"), encoder)
+    first = cache_features(dataset, str(encoder), progress=False)
+    again = cache_features(dataset, str(encoder), progress=False)
+    assert first.built and not again.built and again.path == first.path
+    n_frames = json.loads((dataset / "meta/info.json").read_text())["total_frames"]
+    assert first.arrays["global"].shape == (n_frames, 128) and isinstance(again.arrays["global"], np.memmap)
+    stamp = (first.path / "global.npy").stat().st_mtime_ns
+
+    out = tmp_path / "run"
+    assert main(train_args(dataset, out, f"encoder={encoder}", "epochs=1")) == 0
+    assert summary(out)["cache"] == {"path": str(first.path), "built": False}
+    assert (first.path / "global.npy").stat().st_mtime_ns == stamp
+
+    torch.manual_seed(1)  # same file, other weights: another key, a new cache
+    pixio_robot.save_encoder(pixio_robot.create_encoder("vitn16"), encoder)
+    changed = cache_features(dataset, str(encoder), progress=False)
+    assert changed.built and changed.path != first.path and first.path.exists()
+    assert not np.allclose(np.asarray(changed.arrays["global"]), np.asarray(first.arrays["global"]))
+    manifest = json.loads((changed.path / "manifest.json").read_text())
+    assert (
+        manifest["key"]["encoder_sha256"]
+        != json.loads((first.path / "manifest.json").read_text())["key"]["encoder_sha256"]
+    )
+
+    # A head that reads patch tokens adds them to the cache of the same key.
+    patches = cache_features(dataset, str(encoder), patches=True, progress=False)
+    assert patches.built and patches.path == changed.path and patches.arrays["patches"].shape[1:] == (4, 4, 128)
+
+
+def test_cache_of_another_checkpoint_is_refused_and_left_alone(dataset, tmp_path, capsys):
+    from policies import cache_features
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for seed, path in ((0, a), (1, b)):
+        torch.manual_seed(seed)
+        pixio_robot.save_encoder(pixio_robot.create_encoder("vitn16"), path)
+    folder = tmp_path / "my_cache"
+    cache_features(dataset, str(a), location=str(folder), progress=False)
+    before, data_before = snapshot(folder), snapshot(dataset)
+    with pytest.raises(PixioError, match="another encoder checkpoint"):
+        cache_features(dataset, str(b), location=str(folder), progress=False)
+    out = tmp_path / "run"
+    assert main(train_args(dataset, out, f"encoder={b}", f"cache={folder}")) == 2
+    assert "computed with another encoder checkpoint" in capsys.readouterr().err
+    assert snapshot(folder) == before and snapshot(dataset) == data_before and not out.exists()
+
+
+@pytest.mark.parametrize("head", ["cortexbench", "spatial", "chunking"])
+def test_saved_policy_reloads_to_identical_actions(dataset, tmp_path, head):
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    from policies import ChunkingConfig, CortexBenchConfig, SpatialConfig, TrainPolicyConfig, load_policy, train_policy
+
+    heads = {"cortexbench": CortexBenchConfig(), "spatial": SpatialConfig(), "chunking": ChunkingConfig(chunk_size=4)}
+    cfg = TrainPolicyConfig(
+        dataset=str(dataset), encoder="vitn16", head=heads[head], epochs=2, batch_size=32, out=str(tmp_path / "run")
+    )
+    cfg.progress = False
+    result = train_policy(cfg)
+    seq = observations(dataset)
+    ours = load_policy(result.best)
+    reference = actions(ours, seq)
+    assert reference.shape == (len(seq), 5) and torch.isfinite(reference).all()
+    assert torch.equal(actions(load_policy(result.best), seq), reference)  # reloading again: same
+    # LeRobot's own loaders: the config registry and the policy class its factory resolves.
+    config = PreTrainedConfig.from_pretrained(result.best)
+    lerobot_policy = get_policy_class(config.type).from_pretrained(result.best, config=config)
+    assert torch.equal(actions(lerobot_policy, seq), reference)
+    pre, post = make_pre_post_processors(config, pretrained_path=str(result.best))
+    lerobot_policy.reset()
+    via_pipeline = [post(lerobot_policy.select_action(pre({k: v[0] for k, v in batch.items()}))) for batch in seq]
+    assert torch.equal(torch.cat(via_pipeline), reference)
+
+
+def test_resumed_run_matches_the_uninterrupted_one(dataset, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = ["batch_size=32", "save_every=1", "seed=3"]
+    assert main(train_args(dataset, whole, "epochs=4", *common)) == 0
+    assert main(train_args(dataset, split, "epochs=2", *common)) == 0
+    assert main(train_args(dataset, split, "epochs=4", "resume=true", *common)) == 0
+    a = load_file(str(whole / "checkpoints/last/model.safetensors"))
+    b = load_file(str(split / "checkpoints/last/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with open(split / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+def test_training_without_cache_and_with_a_timm_backbone(dataset, tmp_path):
+    out = tmp_path / "images"
+    assert main(train_args(dataset, out, "cache=off", "epochs=2", "batch_size=32")) == 0
+    assert summary(out)["cache"] is None and np.isfinite(summary(out)["final_loss"])
+    out = tmp_path / "resnet"
+    assert (
+        main(train_args(dataset, out, "encoder=timm:resnet18", "head=chunking", "head.chunk_size=4", "epochs=1")) == 0
+    )
+    config = json.loads((out / "checkpoints/best/config.json").read_text())
+    assert config["backbone"]["kind"] == "timm" and config["backbone"]["name"] == "resnet18"
+    from policies import load_policy
+
+    policy = load_policy(out / "checkpoints/best")
+    assert policy.grid == (2, 2) and policy.backbone.embed_dim == 512
+
+
+def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
+    data_before = snapshot(dataset)
+
+    def refused(*args: str, match: str, out: Path | None = None) -> None:
+        out = out or tmp_path / "never"
+        before = snapshot(out)
+        assert main(train_args(dataset, out, *args)) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, err
+        assert snapshot(out) == before and snapshot(dataset) == data_before
+
+    refused("camera=wrist", match="has no camera 'wrist' (it has: front)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train-policy", f"dataset={empty}", "encoder=vitn16", f"out={tmp_path / 'x'}"]) == 2
+    assert "is an empty folder" in capsys.readouterr().err
+    no_episodes = tmp_path / "no_episodes"
+    shutil.copytree(dataset / "meta", no_episodes / "meta")
+    meta = json.loads((no_episodes / "meta/pixio_env.json").read_text())
+    (no_episodes / "meta/pixio_env.json").write_text(json.dumps(meta | {"episodes": []}))
+    assert main(["train-policy", f"dataset={no_episodes}", "encoder=vitn16", f"out={tmp_path / 'x'}"]) == 2
+    assert "holds no episodes" in capsys.readouterr().err
+    refused("head=nope", match="Could not find 'head/nope'")
+    refused("head.bogus=1", match="unknown option 'head.bogus'")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    refused("epochs=1", match="is not empty: pass resume=true", out=occupied)
+    refused("encoder=timm:resnet18", "layer=3", match="timm backbones give their final features only")
+    assert not (tmp_path / "never").exists() and not (tmp_path / "x").exists()
+
+
+def test_lerobot_dataset_windows_match_ours_and_train_the_policy(dataset):
+    """LeRobot's dataset, with this policy config's delta indices, gives the same history and
+    action windows (episode-start repeats, end padding) as our sampler, and forward() trains."""
+    from lerobot.datasets import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from torch.utils.data import default_collate
+
+    from policies import ChunkingConfig, Demonstrations, load_backbone
+    from policies.train import EncodedImages, make_policy
+
+    demos = Demonstrations.load(dataset)
+    backbone, spec = load_backbone("vitn16")
+    policy = make_policy(demos, backbone, spec, ChunkingConfig(history=2, chunk_size=6, token_grid=2)).eval()
+    meta = LeRobotDatasetMetadata("local/push", root=dataset)
+    ds = LeRobotDataset("local/push", root=dataset, delta_timestamps=resolve_delta_timestamps(policy.config, meta))
+    first_end = int(demos.episode_end[0])
+    index = torch.tensor([0, 1, first_end - 3, first_end - 1, first_end, len(demos) - 1])
+    batch = default_collate([ds[int(i)] for i in index])
+    history = demos.history_indices(index, 2)
+    targets, pad = demos.chunk_indices(index, 6)
+    assert torch.equal(batch["action_is_pad"], pad) and pad[3].sum() == 5 and not pad[0].any()
+    assert torch.equal(batch["action"][~pad], torch.from_numpy(demos.actions)[targets][~pad])
+    assert torch.equal(batch["observation.state"], torch.from_numpy(demos.states)[history])
+    ours = EncodedImages(demos.decode_frames(), policy, augment=False)(history, torch.Generator())
+    theirs = policy._batch_features(batch)
+    assert torch.allclose(ours["patches"], theirs["patches"], atol=1e-5)
+    policy.train()
+    loss, info = policy.forward(batch)
+    loss.backward()
+    assert np.isfinite(info["loss"]) and policy.head.action_out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in policy.backbone.parameters())
