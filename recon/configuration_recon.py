@@ -42,7 +42,9 @@ class ReconConfig:
 
     def check(self) -> ReconConfig:
         if self.dim < 8 or self.dim % self.num_heads:
-            raise PixioError(f"recon.dim={self.dim} must be at least 8 and divisible by recon.num_heads={self.num_heads}")
+            raise PixioError(
+                f"recon.dim={self.dim} must be at least 8 and divisible by recon.num_heads={self.num_heads}"
+            )
         if self.depth < 1:
             raise PixioError(f"recon.depth={self.depth}: use at least 1 block (even blocks are global)")
         if not 0.0 <= self.intrinsics_dropout <= 1.0:
@@ -59,5 +61,7 @@ class ReconConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise PixioError(f"unknown recon config keys {sorted(unknown)}: was the checkpoint written by a newer version?")
+            raise PixioError(
+                f"unknown recon config keys {sorted(unknown)}: was the checkpoint written by a newer version?"
+            )
         return cls(**values).check()

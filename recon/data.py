@@ -160,7 +160,7 @@ def resize_view(image, depth, K, size: tuple[int, int]):
     if depth is not None:
         depth = np.asarray(depth, np.float32)
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-    if (H, W) == (h, w):
+    if (h, w) == (H, W):
         return image, depth, None if K is None else np.asarray(K, np.float64)
     image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
     if depth is not None:
@@ -262,7 +262,9 @@ def _check_geometry(folder: Path, images, depth, K, cam2world) -> None:
     for i in range(v):
         k, T = K[i], cam2world[i]
         if not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0 or not np.allclose(k[2], [0, 0, 1]):
-            raise PixioError(f"{folder}: intrinsics of view {i} are not a pinhole K (positive focal lengths, last row 0 0 1)")
+            raise PixioError(
+                f"{folder}: intrinsics of view {i} are not a pinhole K (positive focal lengths, last row 0 0 1)"
+            )
         R = T[:3, :3]
         if (
             not np.isfinite(T).all()

@@ -101,8 +101,10 @@ def run_eval(cfg: EvalReconConfig) -> int:
         raise PixioError(f"no scene has {min(cfg.views)} or more views: nothing to evaluate")
     print(format_table(results))
     if cfg.out:
-        clean = {k: {m: (v if not isinstance(v, float) or math.isfinite(v) else None) for m, v in r.items()} for k, r in results.items()}
+        clean = {
+            k: {m: (v if not isinstance(v, float) or math.isfinite(v) else None) for m, v in r.items()}
+            for k, r in results.items()
+        }
         write_json(cfg.out, {"options": to_dict(cfg), "scenes": len(scenes), "results": clean})
         print(f"wrote {cfg.out}")
     return 0
-

@@ -143,8 +143,9 @@ def camera_points(rays: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
 
 def world_points(rays: torch.Tensor, depth: torch.Tensor, cam2world: torch.Tensor) -> torch.Tensor:
     """Points (..., H, W, 3) in the world frame of poses (..., 4, 4): R (d r) + t."""
-    R, t = cam2world[..., None, None, :3, :3], cam2world[..., None, None, :3, 3]
-    return (R @ camera_points(rays, depth)[..., None]).squeeze(-1) + t
+    # One (H*W, 3) x (3, 3) product per view, not H*W tiny 3x3 products.
+    pts = camera_points(rays, depth).flatten(-3, -2) @ cam2world[..., :3, :3].transpose(-1, -2)
+    return (pts + cam2world[..., None, :3, 3]).unflatten(-2, rays.shape[-3:-1])
 
 
 def mean_distance(points: torch.Tensor, valid: torch.Tensor, dims: int = 3) -> torch.Tensor:

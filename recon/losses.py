@@ -97,9 +97,10 @@ class ReconLoss(nn.Module):
             "rays": self.rho(out.rays - tgt.rays).mean(),
             "depth": masked_mean(
                 self.rho(
-                    (torch.log1p(out.depth / s_pred.view(-1, 1, 1, 1)) - torch.log1p(tgt.depth / s_gt.view(-1, 1, 1, 1)))[
-                        ..., None
-                    ]
+                    (
+                        torch.log1p(out.depth / s_pred.view(-1, 1, 1, 1))
+                        - torch.log1p(tgt.depth / s_gt.view(-1, 1, 1, 1))
+                    )[..., None]
                 ),
                 valid,
             ),

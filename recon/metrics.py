@@ -156,7 +156,12 @@ def cloud_metrics(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.01) -> 
     d_ab, d_ba = np.asarray(a.compute_point_cloud_distance(b)), np.asarray(b.compute_point_cloud_distance(a))
     precision, recall = float((d_ab < threshold).mean()), float((d_ba < threshold).mean())
     fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"chamfer": float((d_ab.mean() + d_ba.mean()) / 2), "fscore": 100.0 * fscore, "precision": precision, "recall": recall}
+    return {
+        "chamfer": float((d_ab.mean() + d_ba.mean()) / 2),
+        "fscore": 100.0 * fscore,
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 def average(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -177,6 +182,10 @@ def format_table(results: dict[str, dict[str, float]], title: str = "views") -> 
         cells = []
         for k in keys:
             v = row.get(k, math.nan)
-            cells.append("n/a" if not math.isfinite(v) else (f"{v:.1f}" if k in ("points_tau", "depth_tau", "pose_auc5", "fscore") else f"{v:.3f}"))
+            cells.append(
+                "n/a"
+                if not math.isfinite(v)
+                else (f"{v:.1f}" if k in ("points_tau", "depth_tau", "pose_auc5", "fscore") else f"{v:.3f}")
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

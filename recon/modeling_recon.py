@@ -86,10 +86,7 @@ class ReconModel(nn.Module):
         self.reference = nn.Parameter(torch.zeros(d))
         self.scale_token = nn.Parameter(torch.zeros(1, 1, d))
         self.blocks = nn.ModuleList(
-            [
-                Block(d, config.num_heads, config.mlp_ratio, qkv_bias=True, norm_layer=norm)
-                for _ in range(config.depth)
-            ]
+            [Block(d, config.num_heads, config.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(config.depth)]
         )
         self.norm = norm(d)
         self.dense_head = Mlp(d, config.head_hidden, DENSE_CHANNELS * p * p)
@@ -105,13 +102,13 @@ class ReconModel(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.reference, std=0.02)
         nn.init.trunc_normal_(self.scale_token, std=0.02)
-        # Start from a plausible guess: rays straight ahead at depth 1, identity poses, m = 1.
+        # Start near a plausible guess: rays straight ahead at depth 1, identity poses, m = 1.
         p2 = self.patch_size**2
         self.dense_head.fc2.weight.mul_(0.1)
         self.dense_head.fc2.bias[2 * p2 : 3 * p2] = 1.0
         self.pose_head.fc2.weight.mul_(0.1)
         self.pose_head.fc2.bias[6] = 1.0  # quaternion w
-        nn.init.zeros_(self.scale_head.fc2.weight)
+        self.scale_head.fc2.weight.mul_(0.1)
 
     def forward(
         self, tokens: torch.Tensor, intrinsics: torch.Tensor | None = None, known: torch.Tensor | None = None

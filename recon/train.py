@@ -158,6 +158,17 @@ def _check_resume(out: Path, cfg: TrainReconConfig) -> bool:
 
 
 def run_train(cfg: TrainReconConfig) -> int:
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        # Small heads run best on one thread when other jobs share the cores.
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainReconConfig) -> int:
     out = Path(cfg.out)
     size = size_pair(cfg.image_size)
     if size[0] % 16 or size[1] % 16:
@@ -169,17 +180,13 @@ def run_train(cfg: TrainReconConfig) -> int:
             f"min_views={cfg.min_views}: training needs sets of at least 2 views (poses are relative to view 0)"
         )
     resume = _check_resume(out, cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
 
     scenes = load_scenes(cfg.data, size, geometry=True, min_views=2, limit=cfg.scenes, progress=cfg.progress)
     val_scenes = load_scenes(cfg.val, size, geometry=True, min_views=2, progress=cfg.progress) if cfg.val else []
     out.mkdir(parents=True, exist_ok=True)
     encoder, encoder_info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
-    cache = TokenCache(
-        encoder, encoder_info["sha256"], size, cfg.cache_dir or default_cache_dir(), device=device
-    )
+    cache = TokenCache(encoder, encoder_info["sha256"], size, cfg.cache_dir or default_cache_dir(), device=device)
     bar = dict(unit="scene", disable=not cfg.progress, file=sys.stderr)
     tokens = [cache.tokens(s) for s in tqdm(scenes, desc="tokens", **bar)]
     val_tokens = [cache.tokens(s) for s in tqdm(val_scenes, desc="val tokens", **bar)]
@@ -239,11 +246,15 @@ def run_train(cfg: TrainReconConfig) -> int:
                 completed = done = step + 1
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    log.log(done, loss=loss.item(), lr=lr, views=x.shape[1], m=pred.scale.mean().item(), **terms)
-                if done % cfg.save_every == 0 or done == cfg.steps:
-                    if val_sets:
-                        log.log(done, val_loss=_val_loss(model, loss_fn, val_sets, val_tokens, val_scenes, device))
+                save = done % cfg.save_every == 0 or done == cfg.steps
+                if done % cfg.log_every == 0 or save:
+                    row = {"loss": loss.item(), "lr": lr, "views": x.shape[1], "m": pred.scale.mean().item()}
+                    if val_sets:  # a column in every row (NaN between saves): the CSV header is fixed
+                        row["val_loss"] = (
+                            _val_loss(model, loss_fn, val_sets, val_tokens, val_scenes, device) if save else math.nan
+                        )
+                    log.log(done, **row, **terms)
+                if save:
                     save_checkpoint(out, model, optimizer, done, guard, meta)
                     last_saved = done
         except KeyboardInterrupt:
