@@ -61,12 +61,19 @@ def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | N
             )
         return _frozen(load_encoder(override)), sha
     path = Path(info["path"])
+    here = Path(checkpoint).resolve().parent
     if not path.is_absolute():
-        path = Path(checkpoint).resolve().parent / path
+        path = here / path
     if not path.is_file():
-        raise PixioError(
-            f"the encoder this head was trained on ({path}) is missing: pass encoder=PATH to the same weights"
-        )
+        # A head copied elsewhere with its encoder beside it (e.g. a bundle) still finds it.
+        beside = [p for p in (here / path.name, here / ENCODER_FILE) if p.is_file()]
+        match = [p for p in beside if sha256_file(p) == info.get("sha256")]
+        if not match:
+            raise PixioError(
+                f"the encoder this head was trained on ({path}) is missing: put it next to the head, or pass "
+                "encoder=PATH to the same weights"
+            )
+        path = match[0]
     sha = sha256_file(path)
     if sha != info.get("sha256"):
         raise PixioError(

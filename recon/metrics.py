@@ -179,13 +179,14 @@ def format_table(results: dict[str, dict[str, float]], title: str = "views") -> 
     keys = [k for k in (*METRICS, *CLOUD_METRICS) if any(k in r for r in results.values())]
     lines = [f"| {title} | " + " | ".join(LABELS[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in results.items():
-        cells = []
-        for k in keys:
-            v = row.get(k, math.nan)
-            cells.append(
-                "n/a"
-                if not math.isfinite(v)
-                else (f"{v:.1f}" if k in ("points_tau", "depth_tau", "pose_auc5", "fscore") else f"{v:.3f}")
-            )
+        cells = [_cell(k, row.get(k, math.nan)) for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(key: str, value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if key in ("points_tau", "depth_tau", "pose_auc5", "fscore"):
+        return f"{value:.1f}"
+    return f"{value:.4f}" if key == "chamfer" else f"{value:.3f}"

@@ -186,6 +186,13 @@ def _train(cfg: TrainReconConfig) -> int:
     val_scenes = load_scenes(cfg.val, size, geometry=True, min_views=2, progress=cfg.progress) if cfg.val else []
     out.mkdir(parents=True, exist_ok=True)
     encoder, encoder_info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
+    if resume:
+        saved = json.loads((out / "config.json").read_text())["encoder"]["sha256"]
+        if saved != encoder_info["sha256"]:
+            raise PixioError(
+                f"encoder={cfg.encoder} changed since this run started (sha256 {encoder_info['sha256'][:12]}, "
+                f"recorded {saved[:12]}): a head only fits the encoder it was trained on; choose another out="
+            )
     cache = TokenCache(encoder, encoder_info["sha256"], size, cfg.cache_dir or default_cache_dir(), device=device)
     bar = dict(unit="scene", disable=not cfg.progress, file=sys.stderr)
     tokens = [cache.tokens(s) for s in tqdm(scenes, desc="tokens", **bar)]

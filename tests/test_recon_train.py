@@ -229,58 +229,47 @@ def test_recon_resizes_views_of_other_sizes_and_takes_known_intrinsics(data, tra
     from recon import Reconstructor
 
     scene = data / "test" / "scene_000001"
+
+    def recon(*args: str) -> int:
+        return main(["recon", *args, f"checkpoint={trained / 'model.safetensors'}"])
+
     big = tmp_path / "big.png"  # the same view at twice the size: resized back, not refused
     Image.open(scene / "rgb" / "001.png").resize((128, 128), Image.BICUBIC).save(big)
     wide = tmp_path / "wide.png"  # another aspect ratio: resized with a warning
     Image.open(scene / "rgb" / "002.png").resize((96, 64), Image.BICUBIC).save(wide)
     ply = tmp_path / "mixed.ply"
-    ckpt = f"checkpoint={trained / 'model.safetensors'}"
-    assert main(["recon", str(scene / "rgb" / "000.png"), str(big), str(wide), ckpt, f"out={ply}", "rrd=null"]) == 0
+    assert recon(str(scene / "rgb" / "000.png"), str(big), str(wide), f"out={ply}", "rrd=null") == 0
     assert "aspect ratios" in capsys.readouterr().err and ply.is_file()
 
     # known intrinsics (in pixels of the given images) replace the predicted rays
     K = np.load(scene / "cameras.npz")["K"]
     np.save(tmp_path / "K.npy", K)
-    assert (
-        main(
-            [
-                "recon",
-                str(scene / "rgb"),
-                ckpt,
-                f"out={tmp_path / 'k.ply'}",
-                "rrd=null",
-                f"intrinsics={tmp_path / 'K.npy'}",
-            ]
-        )
-        == 0
-    )
+    rgb = str(scene / "rgb")
+    assert recon(rgb, f"out={tmp_path / 'k.ply'}", "rrd=null", f"intrinsics={tmp_path / 'K.npy'}") == 0
     result = Reconstructor.from_checkpoint(trained / "model.safetensors")(sorted((scene / "rgb").glob("*.png")), K)
     assert np.allclose(result.K, K, atol=1e-6)
-    assert (
-        main(
-            [
-                "recon",
-                str(scene / "rgb"),
-                ckpt,
-                f"out={tmp_path / 'x.ply'}",
-                f"intrinsics={tmp_path / 'K.npy'}",
-                "rrd=a.txt",
-            ]
-        )
-        == 2
-    )
+    assert recon(rgb, f"out={tmp_path / 'x.ply'}", "rrd=a.txt") == 2
     np.save(tmp_path / "K2.npy", K[:2])  # two matrices for four images
-    assert (
-        main(
-            [
-                "recon",
-                str(scene / "rgb"),
-                ckpt,
-                f"out={tmp_path / 'x.ply'}",
-                "rrd=null",
-                f"intrinsics={tmp_path / 'K2.npy'}",
-            ]
-        )
-        == 2
-    )
+    assert recon(rgb, f"out={tmp_path / 'x.ply'}", "rrd=null", f"intrinsics={tmp_path / 'K2.npy'}") == 2
     assert "intrinsics of shape" in capsys.readouterr().err and not (tmp_path / "x.ply").exists()
+
+
+def test_a_head_finds_its_encoder_beside_it_and_refuses_another(trained, tmp_path):
+    import shutil
+
+    from pixio_robot.checkpoints import sha256_file
+    from pixio_robot.errors import PixioError
+    from recon.backbone import resolve_encoder
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(trained / "model.safetensors", bundle / "head.safetensors")
+    shutil.copy(trained / "encoder.safetensors", bundle / "small.safetensors")
+    sha = sha256_file(trained / "encoder.safetensors")
+    # recorded at an absolute path that no longer exists: the file of that name beside the head is used
+    encoder, found = resolve_encoder({"path": "/gone/small.safetensors", "sha256": sha}, bundle / "head.safetensors")
+    assert found == sha and encoder.embed_dim == 128
+    with pytest.raises(PixioError, match="is missing"):
+        resolve_encoder({"path": "/gone/small.safetensors", "sha256": "0" * 64}, bundle / "head.safetensors")
+    with pytest.raises(PixioError, match="changed since the head was trained"):
+        resolve_encoder({"path": str(bundle / "small.safetensors"), "sha256": "0" * 64}, bundle / "head.safetensors")
