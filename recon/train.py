@@ -44,8 +44,12 @@ from .tokens import TokenCache, default_cache_dir
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 TRAIN_FORMAT = "pixio-robot/recon-train/1"
-# Options that may change when a run is resumed; everything else must match the saved run.
-RESUMABLE_CHANGES = {"steps", "save_every", "log_every", "progress", "device", "threads", "cache_dir", "out"}
+# Options that may change when a run is resumed (lr and the guard's: to recover from a loss
+# explosion); everything else must match the saved run.
+RESUMABLE_CHANGES = {
+    *("steps", "save_every", "log_every", "progress", "device", "threads", "cache_dir", "out"),
+    *("lr", "grad_clip", "explode_factor", "explode_patience"),
+}
 
 
 def lr_at(step: int, cfg: TrainReconConfig) -> float:
@@ -149,7 +153,7 @@ def _check_resume(out: Path, cfg: TrainReconConfig) -> bool:
     if differ:
         raise PixioError(
             f"out={out} holds a run with other settings ({', '.join(differ)}): resume it with the same "
-            "settings (only steps, save_every, log_every, device, threads, progress may change) or choose another out="
+            f"settings (only {', '.join(sorted(RESUMABLE_CHANGES - {'out'}))} may change) or choose another out="
         )
     return (out / CHECKPOINT).is_file()
 

@@ -104,7 +104,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(data, trained, monkeypat
     assert [int(r["step"]) for r in rows] == list(range(5, 61, 5))  # one run's log, no repeats
     # other settings into the same folder are refused, the run untouched
     before = (out / "model.safetensors").read_bytes()
-    assert main(train_args(data, out, "steps=80", "lr=1e-2")) == 2
+    assert main(train_args(data, out, "steps=80", "batch_size=2")) == 2
     assert (out / "model.safetensors").read_bytes() == before
 
 
@@ -126,6 +126,11 @@ def test_loss_explosion_stops_cleanly_and_keeps_the_last_good_checkpoint(data, m
     assert meta["step"] == 20
     model, _ = ReconModel.load(out / "model.safetensors")
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+    # what the message advises works: the same out= with a lower lr continues from step 20
+    monkeypatch.undo()
+    assert main(train_args(data, out, "steps=30", "save_every=10", "lr=1e-3")) == 0
+    assert ReconModel.load(out / "model.safetensors")[1]["step"] == 30
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "metrics.csv"))] == [5, 10, 15, 20, 25, 30]
 
 
 def test_eval_recon_reports_the_six_metrics_and_cloud_scores(data, trained, capsys):
