@@ -1,7 +1,8 @@
 """A MapAnything-style multi-view reconstruction head on frozen Pixio patch tokens.
 
     tokens (B, V, h, w, D_enc)   last block's normed Pixio patch tokens of each view
-      -> Linear projection (+ patchified known rays, when intrinsics are given)
+      -> Linear projection + fixed 2D sin-cos position of each patch (the same in every view)
+         (+ patchified known rays, when intrinsics are given)
       -> + a learned reference-view vector on view 0
       -> alternating attention: even blocks over all views' tokens and a learned scale token,
          odd blocks within each view
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from timm.layers import Mlp
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -100,6 +102,8 @@ class ReconModel(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        # Tokens at unit scale, like the sin-cos positions added to them (MAE's patch embedding).
+        nn.init.xavier_uniform_(self.proj.weight)
         nn.init.trunc_normal_(self.reference, std=0.02)
         nn.init.trunc_normal_(self.scale_token, std=0.02)
         # Start near a plausible guess: rays straight ahead at depth 1, identity poses, m = 1.
@@ -122,7 +126,10 @@ class ReconModel(nn.Module):
             )
         b, v, h, w, _ = tokens.shape
         p = self.patch_size
-        x = self.proj(tokens.float())  # (B, V, h, w, d)
+        # Where a patch lies in its image is what rays and poses are made of; a frozen encoder's
+        # tokens may carry it only faintly (a random one hardly at all), so the head adds it.
+        pos = build_sincos2d_pos_embed([h, w], self.config.dim, device=tokens.device).view(h, w, -1)
+        x = self.proj(tokens.float()) + pos  # (B, V, h, w, d)
         known_rays = None
         if intrinsics is not None:
             known_rays = geometry.rays_from_intrinsics(intrinsics.double(), h * p, w * p).float()
