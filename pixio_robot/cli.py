@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from .config import compose_config, field_help
+from .config import compose_config, config_groups, field_help
 from .errors import PixioError
 
 GROUP = "pixio_robot.commands"
@@ -105,8 +105,19 @@ def _quote(value: str) -> str:
 def usage(command: Command) -> str:
     pos = f" [{command.positional.upper()}...]" if command.positional else ""
     lines = [f"usage: pixio-robot {command.name}{pos} [key=value ...]", "", command.summary, "", "options:"]
-    for name, default, text in field_help(command.schema):
-        lines.append(f"  {name:<18} {default:<22} {text}")
+    presets = config_groups(command.name)
+    values = None
+    if presets:  # show the defaults as composed with the default preset, not the bare schema's
+        try:
+            values = compose_config(command.name, command.schema)
+        except PixioError:
+            values = None
+    rows = field_help(command.schema, values)
+    width = max([18] + [len(name) + 1 for name, _, _ in rows])
+    for name, default, text in rows:
+        lines.append(f"  {name:<{width}} {default:<22} {text}")
+    if presets:
+        lines += ["", f"presets ({command.name}=NAME): {', '.join(presets)}"]
     return "\n".join(lines)
 
 

@@ -48,18 +48,31 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def field_help(schema: type) -> list[tuple[str, str, str]]:
-    """(name, default, help) for each option of a schema, for `--help`."""
+def field_help(schema: type, values: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(name, default, help) for each option of a schema, for `--help`. Nested dataclass
+    options are listed field by field (`model.encoder`); `values` (an instance of the schema,
+    e.g. the composed config) replaces the schema's own defaults."""
     rows = []
     for f in dataclasses.fields(schema):
-        if f.default is not dataclasses.MISSING:
+        if values is not None:
+            default = getattr(values, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = "(required)"
-        rows.append((f.name, "(required)" if default == "???" else repr(default), f.metadata.get("help", "")))
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            rows += field_help(type(default), default, f"{prefix}{f.name}.")
+            continue
+        rows.append((prefix + f.name, "(required)" if default == "???" else repr(default), f.metadata.get("help", "")))
     return rows
+
+
+def config_groups(name: str) -> list[str]:
+    """The options of the config group `configs/<name>/` (presets such as pretrain=vith16)."""
+    folder = CONFIG_DIR / name
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def _one_line(e: Exception) -> str:
