@@ -1,0 +1,87 @@
+"""The frozen Pixio encoder under a head: chosen for training, found again for inference.
+
+A head only makes sense on the exact encoder weights it was trained on, so its checkpoint
+records the encoder file and its SHA-256. A random-initialised encoder (a size name, or
+`encoder_init=random` for the architecture of a given file) is written into the run folder as
+`encoder.safetensors`, so evaluation and inference see the same random weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pixio_robot.checkpoints import load_encoder, save_encoder, sha256_file
+from pixio_robot.encoder import PixioViT, create_encoder
+from pixio_robot.errors import PixioError
+
+ENCODER_FILE = "encoder.safetensors"
+
+
+def prepare_encoder(
+    spec: str, init: str, seed: int, run_dir: Path, image_size: tuple[int, int]
+) -> tuple[PixioViT, dict]:
+    """(frozen encoder, record for the checkpoint) for a training run in `run_dir`."""
+    if init not in ("pretrained", "random"):
+        raise PixioError(f"encoder_init={init!r}: use pretrained or random")
+    is_file = os.path.exists(spec)
+    if is_file and init == "pretrained":
+        encoder = load_encoder(spec)
+        info = {"path": str(Path(spec).resolve()), "sha256": sha256_file(spec), "source": spec, "init": init}
+        return _frozen(encoder), info
+    local = run_dir / ENCODER_FILE
+    if local.is_file():  # a resumed run: the random encoder was drawn and saved before
+        encoder = load_encoder(local)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if is_file:
+                encoder = PixioViT(**load_encoder(spec).config)
+            else:
+                encoder = create_encoder(spec, img_size=list(image_size))  # also checks the size name
+        save_encoder(encoder, local)
+    info = {"path": ENCODER_FILE, "sha256": sha256_file(local), "source": spec, "init": "random", "seed": seed}
+    return _frozen(encoder), info
+
+
+def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | None = None) -> tuple[PixioViT, str]:
+    """(frozen encoder, its sha256) of a head checkpoint; `override` names another file."""
+    if override:
+        if not os.path.exists(override):
+            raise PixioError(f"encoder={override}: no such file")
+        sha = sha256_file(override)
+        if sha != info.get("sha256"):
+            print(
+                f"warning: encoder={override} is not the encoder this head was trained on "
+                f"(sha256 {sha[:12]} vs {str(info.get('sha256'))[:12]}): results may be meaningless",
+                file=sys.stderr,
+            )
+        return _frozen(load_encoder(override)), sha
+    path = Path(info["path"])
+    here = Path(checkpoint).resolve().parent
+    if not path.is_absolute():
+        path = here / path
+    if not path.is_file():
+        # A head copied elsewhere with its encoder beside it (e.g. a bundle) still finds it.
+        beside = [p for p in (here / path.name, here / ENCODER_FILE) if p.is_file()]
+        match = [p for p in beside if sha256_file(p) == info.get("sha256")]
+        if not match:
+            raise PixioError(
+                f"the encoder this head was trained on ({path}) is missing: put it next to the head, or pass "
+                "encoder=PATH to the same weights"
+            )
+        path = match[0]
+    sha = sha256_file(path)
+    if sha != info.get("sha256"):
+        raise PixioError(
+            f"{path} changed since the head was trained (sha256 {sha[:12]}, recorded {str(info.get('sha256'))[:12]}): "
+            "pass encoder=PATH explicitly to use it anyway"
+        )
+    return _frozen(load_encoder(path)), sha
+
+
+def _frozen(encoder: PixioViT) -> PixioViT:
+    return encoder.eval().requires_grad_(False)

@@ -1,0 +1,97 @@
+"""The recon package's subcommands: `train-recon`, `eval-recon`, `recon` (options, where each runs).
+
+Kept free of torch so `pixio-robot --help` and option errors answer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pixio_robot.cli import Command
+
+from .configuration_recon import ReconConfig
+
+
+@dataclass
+class TrainReconConfig:
+    data: list[str] = field(default_factory=list, metadata={"help": "capture folders / folders of scene folders"})
+    out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv)"})
+    encoder: str = field(default="???", metadata={"help": "frozen encoder: checkpoint file or size name (random)"})
+    encoder_init: str = field(default="pretrained", metadata={"help": "pretrained, or random: same architecture"})
+    encoder_seed: int = field(default=0, metadata={"help": "seed of a random encoder"})
+    image_size: int = field(default=128, metadata={"help": "views are resized to this (multiple of 16)"})
+    val: list[str] = field(default_factory=list, metadata={"help": "held-out scenes: loss logged at each save"})
+    scenes: int | None = field(default=None, metadata={"help": "use at most this many training scenes"})
+    min_views: int = field(default=2, metadata={"help": "fewest views per training set"})
+    max_views: int = field(default=4, metadata={"help": "most views per training set"})
+    batch_size: int = field(default=8, metadata={"help": "view sets per step"})
+    steps: int = field(default=2000, metadata={"help": "optimiser steps in total (raise it to train on)"})
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, tokens)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up, then cosine decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the view sets"})
+    save_every: int = field(default=250, metadata={"help": "steps between checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "steps between metrics.csv rows"})
+    explode_factor: float = field(default=10.0, metadata={"help": "a loss this many times its running mean is bad"})
+    explode_patience: int = field(default=5, metadata={"help": "stop after this many bad steps in a row"})
+    cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    recon: ReconConfig = field(default_factory=ReconConfig, metadata={"help": "head and loss (configs/recon/)"})
+
+
+@dataclass
+class EvalReconConfig:
+    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-recon run"})
+    data: list[str] = field(default_factory=list, metadata={"help": "held-out capture / scene folders"})
+    views: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "views per set, one row each"})
+    sets_per_scene: int = field(default=1, metadata={"help": "view sets drawn per scene"})
+    scenes: int | None = field(default=None, metadata={"help": "use at most this many scenes"})
+    seed: int = field(default=0, metadata={"help": "seed of the view sets"})
+    intrinsics: bool = field(default=False, metadata={"help": "give the head the true intrinsics"})
+    fscore_threshold: float = field(default=0.01, metadata={"help": "F-score distance threshold (m)"})
+    max_points: int = field(default=20000, metadata={"help": "points per cloud for Chamfer/F-score (sampled)"})
+    out: str | None = field(default=None, metadata={"help": "results JSON (also printed as a table)"})
+    encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
+    cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing results file"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+@dataclass
+class ReconCommandConfig:
+    images: list[str] = field(default_factory=list, metadata={"help": "image files, or a folder (a scene's rgb/)"})
+    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-recon run"})
+    out: str = field(default="recon.ply", metadata={"help": "coloured point cloud (.ply)"})
+    rrd: str | None = field(default="recon.rrd", metadata={"help": "Rerun recording (.rrd); null: none"})
+    intrinsics: str | None = field(default=None, metadata={"help": "known K: .npy (3,3)/(V,3,3) or cameras.npz"})
+    conf_percentile: float = field(default=10.0, metadata={"help": "drop this % of least confident points"})
+    voxel: float = field(default=0.0, metadata={"help": "voxel size (m) for downsampling; 0: off"})
+    outliers: bool = field(default=True, metadata={"help": "statistical outlier removal (20 nbrs, 2 std)"})
+    encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    overwrite: bool = field(default=False, metadata={"help": "replace existing output files"})
+
+
+train_recon = Command(
+    "train-recon",
+    "train a multi-view reconstruction head on frozen Pixio tokens (resumable)",
+    TrainReconConfig,
+    "recon.train:run_train",
+)
+eval_recon = Command(
+    "eval-recon",
+    "evaluate a reconstruction head: the MapAnything metrics, Chamfer and F-score",
+    EvalReconConfig,
+    "recon.evaluate:run_eval",
+)
+recon = Command(
+    "recon",
+    "reconstruct images into a coloured point cloud (.ply) and a Rerun recording",
+    ReconCommandConfig,
+    "recon.infer:run_recon",
+    positional="images",
+)

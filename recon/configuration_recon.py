@@ -1,0 +1,67 @@
+"""Configuration of the reconstruction head (architecture and loss), LeRobot style.
+
+The same names are the keys of the Hydra presets under `configs/recon/` (`recon=small`) and
+of `recon.*` overrides on the command line (`recon.dim=256`). Kept free of torch so the CLI can
+read it without importing the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from pixio_robot.errors import PixioError
+
+
+@dataclass
+class ReconConfig:
+    """A MapAnything-style head on frozen Pixio patch tokens (DESIGN.md section 5)."""
+
+    # Multi-view transformer. Blocks alternate: even ones attend across all views (plus the scale
+    # token), odd ones within each view, so `depth` 4 is two global and two frame blocks.
+    dim: int = field(default=128, metadata={"help": "width of the multi-view transformer"})
+    depth: int = field(default=4, metadata={"help": "transformer blocks, alternating global/frame"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width / dim in each block"})
+    head_hidden: int = field(default=256, metadata={"help": "hidden width of the dense, pose and scale heads"})
+    # Known intrinsics enter as the pixel rays they imply, patchified and added to the tokens.
+    # Training drops them with this probability so one model serves both cases.
+    intrinsics_dropout: float = field(default=0.5, metadata={"help": "chance of hiding known intrinsics per view"})
+
+    # Loss (DESIGN.md section 5): weights of the factored terms, robust loss shape, confidence.
+    w_points: float = field(default=1.0, metadata={"help": "confidence-weighted world-point loss"})
+    w_cam_points: float = field(default=1.0, metadata={"help": "camera-frame point loss"})
+    w_rays: float = field(default=1.0, metadata={"help": "ray-direction loss"})
+    w_depth: float = field(default=1.0, metadata={"help": "depth-along-ray loss"})
+    w_translation: float = field(default=1.0, metadata={"help": "camera translation loss"})
+    w_rotation: float = field(default=1.0, metadata={"help": "quaternion loss (min over +-q)"})
+    w_scale: float = field(default=1.0, metadata={"help": "metric scale loss (metric data only)"})
+    w_mask: float = field(default=0.1, metadata={"help": "valid-pixel mask (BCE)"})
+    conf_alpha: float = field(default=0.2, metadata={"help": "alpha in conf * err - alpha * log(conf)"})
+    robust_alpha: float = field(default=0.5, metadata={"help": "shape of Barron's robust loss"})
+    robust_c: float = field(default=0.05, metadata={"help": "scale of Barron's robust loss"})
+
+    def check(self) -> ReconConfig:
+        if self.dim < 8 or self.dim % self.num_heads:
+            raise PixioError(
+                f"recon.dim={self.dim} must be at least 8 and divisible by recon.num_heads={self.num_heads}"
+            )
+        if self.depth < 1:
+            raise PixioError(f"recon.depth={self.depth}: use at least 1 block (even blocks are global)")
+        if not 0.0 <= self.intrinsics_dropout <= 1.0:
+            raise PixioError(f"recon.intrinsics_dropout={self.intrinsics_dropout}: give a probability in [0, 1]")
+        if self.robust_alpha <= 0 or self.robust_alpha == 2 or self.robust_c <= 0:
+            raise PixioError("recon.robust_alpha must be > 0 and != 2, recon.robust_c > 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ReconConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise PixioError(
+                f"unknown recon config keys {sorted(unknown)}: was the checkpoint written by a newer version?"
+            )
+        return cls(**values).check()

@@ -1,0 +1,278 @@
+"""Reconstruction of a set of images: metric points, cameras, a `.ply` and a Rerun recording.
+
+    rec = Reconstructor.from_checkpoint("runs/recon/model.safetensors")
+    result = rec(["a.png", "b.png", "c.png"])          # or uint8 (H, W, 3) arrays
+    result.save_ply("scene.ply", voxel=0.005)           # confidence-filtered coloured cloud
+    result.save_rrd("scene.rrd")                        # cameras, images, depth, cloud
+
+Points and cameras are in view 0's camera frame (OpenCV axes), in metres (the head's metric
+scale applied). Every view is resized to the head's training resolution; known intrinsics (in
+pixels of the given images) are resized with them and replace the predicted rays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixio_robot.atomic import atomic_path
+from pixio_robot.devices import pick_device
+from pixio_robot.errors import PixioError
+from pixio_robot.images import list_images, read_image
+
+from .backbone import resolve_encoder
+from .commands import ReconCommandConfig
+from .data import resize_view, size_pair
+from .geometry import intrinsics_from_rays
+from .modeling_recon import ReconModel, ReconOutput
+from .tokens import TokenCache
+
+
+@dataclass
+class Reconstruction:
+    """One reconstructed set of V views of H x W pixels, metric, in view 0's camera frame."""
+
+    images: np.ndarray  # (V, H, W, 3) uint8, as the head saw them
+    points: np.ndarray  # (V, H, W, 3) float32, metres
+    conf: np.ndarray  # (V, H, W) >= 1
+    mask: np.ndarray  # (V, H, W) bool: predicted to hit a surface
+    depth: np.ndarray  # (V, H, W) z in each camera frame, metres
+    cam2world: np.ndarray  # (V, 4, 4) camera-to-world, metres
+    K: np.ndarray  # (V, 3, 3): given, or fitted to the predicted rays
+    scale: float  # the metric scale m
+
+    @classmethod
+    def from_output(cls, images: np.ndarray, out: ReconOutput, K: torch.Tensor | None = None) -> Reconstruction:
+        """From the first set of a model output."""
+        first = {k: getattr(out, k)[:1] for k in out.__dataclass_fields__}
+        out = ReconOutput(**first)
+        K = intrinsics_from_rays(out.rays[0].double()) if K is None else K
+        return cls(
+            images=np.asarray(images),
+            points=out.points(metric=True)[0].float().cpu().numpy(),
+            conf=out.conf[0].float().cpu().numpy(),
+            mask=(out.mask_logits[0] > 0).cpu().numpy(),
+            depth=out.depth_z(metric=True)[0].float().cpu().numpy(),
+            cam2world=out.cam2world(metric=True)[0].double().cpu().numpy(),
+            K=torch.as_tensor(K).double().cpu().numpy(),
+            scale=float(out.scale[0]),
+        )
+
+    def cloud(self, conf_percentile: float = 10.0, voxel: float = 0.0, outliers: bool = False):
+        """(points (N, 3) float64, colours (N, 3) uint8) of the surface pixels, without the
+        `conf_percentile` % least confident of them; then optional voxel downsampling (colours
+        averaged) and statistical outlier removal (20 neighbours, 2 standard deviations)."""
+        if not 0 <= conf_percentile < 100:
+            raise PixioError(f"conf_percentile={conf_percentile}: give a percentage in [0, 100)")
+        keep = self.mask & np.isfinite(self.points).all(-1)
+        if keep.any() and conf_percentile > 0:
+            keep &= self.conf >= np.percentile(self.conf[keep], conf_percentile)
+        points, colors = self.points[keep].astype(np.float64), self.images[keep]
+        if voxel > 0 or outliers:
+            cloud = _o3d_cloud(points, colors)
+            if voxel > 0:
+                cloud = cloud.voxel_down_sample(voxel)
+            if outliers and len(cloud.points) > 20:
+                cloud, _ = cloud.remove_statistical_outlier(nb_neighbors=20, std_ratio=2.0)
+            points = np.asarray(cloud.points)
+            colors = np.round(np.asarray(cloud.colors) * 255).astype(np.uint8)
+        return points, colors
+
+    def save_ply(self, path: str | os.PathLike, **cloud_options) -> int:
+        """Write the coloured cloud through open3d (binary .ply, atomically); returns the count."""
+        import open3d as o3d
+
+        path = Path(path)
+        if path.suffix.lower() != ".ply":
+            raise PixioError(f"{path}: the point cloud is written as .ply: name it *.ply")
+        points, colors = self.cloud(**cloud_options)
+        with atomic_path(path) as tmp:
+            # open3d picks the writer from the file name's extension, whatever `format` says.
+            named = tmp.with_name(tmp.name + ".ply")
+            try:
+                if not o3d.io.write_point_cloud(str(named), _o3d_cloud(points, colors)):
+                    raise PixioError(f"{path}: open3d could not write the point cloud")
+                os.replace(named, tmp)
+            finally:
+                named.unlink(missing_ok=True)
+        return len(points)
+
+    def save_rrd(self, path: str | os.PathLike, **cloud_options) -> Path:
+        """A Rerun recording: per view its pose, pinhole frustum, image and predicted depth
+        (`world/cameras/view_NNN`, `.../image`, `.../depth`), and the fused cloud (`world/points`)."""
+        import rerun as rr
+
+        from pixio_robot.viz import rerun_recording
+
+        points, colors = self.cloud(**cloud_options)
+        with rerun_recording(path, application_id="pixio_robot_recon") as rec:
+            rec.log("world", rr.ViewCoordinates.RDF, static=True)  # view 0's camera frame
+            h, w = self.images.shape[1:3]
+            for i in range(len(self.images)):
+                T, entity = self.cam2world[i], f"world/cameras/view_{i:03d}"
+                rec.log(entity, rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3]), static=True)
+                rec.log(
+                    entity,
+                    rr.Pinhole(image_from_camera=self.K[i], resolution=[w, h], camera_xyz=rr.ViewCoordinates.RDF),
+                    static=True,
+                )
+                rec.log(f"{entity}/image", rr.Image(self.images[i]), static=True)
+                depth = np.where(self.mask[i], self.depth[i], 0.0).astype(np.float32)
+                rec.log(f"{entity}/depth", rr.DepthImage(depth, meter=1.0), static=True)
+            rec.log("world/points", rr.Points3D(points.astype(np.float32), colors=colors), static=True)
+            rec.log("scale", rr.TextDocument(f"metric scale m = {self.scale:.4f}"), static=True)
+        return Path(path)
+
+
+def _o3d_cloud(points: np.ndarray, colors: np.ndarray):
+    import open3d as o3d
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, np.float64).reshape(-1, 3)))
+    cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64).reshape(-1, 3) / 255.0)
+    return cloud
+
+
+class Reconstructor:
+    """A trained head with its frozen encoder: images in, `Reconstruction` out."""
+
+    def __init__(
+        self,
+        model: ReconModel,
+        cache: TokenCache,
+        image_size: tuple[int, int],
+        device: torch.device | str = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cache = cache
+        self.image_size = size_pair(image_size)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike,
+        encoder: str | None = None,
+        device: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> Reconstructor:
+        """The head in `checkpoint` (a run's model.safetensors) on the encoder it records (or
+        `encoder`); `cache_dir` caches the tokens of scenes (evaluation), none for plain images."""
+        model, meta = ReconModel.load(checkpoint)
+        if "encoder" not in meta:
+            raise PixioError(f"{checkpoint}: no encoder recorded: was it written by train-recon?")
+        enc, sha = resolve_encoder(meta["encoder"], checkpoint, encoder)
+        if enc.embed_dim != model.encoder_dim:
+            raise PixioError(f"encoder width {enc.embed_dim} does not fit the head (trained on {model.encoder_dim})")
+        size = size_pair(meta.get("image_size", 128))
+        dev = pick_device(device)
+        return cls(model, TokenCache(enc, sha, size, cache_dir, device=dev), size, dev)
+
+    @torch.no_grad()
+    def predict(self, tokens: torch.Tensor, K: torch.Tensor | None = None) -> ReconOutput:
+        """Head output for tokens (V, h, w, D) or (B, V, h, w, D); K (V|B,V, 3, 3) optional."""
+        if tokens.ndim == 4:
+            tokens, K = tokens[None], None if K is None else torch.as_tensor(K)[None]
+        return self.model(tokens.to(self.device), None if K is None else torch.as_tensor(K).to(self.device))
+
+    def prepare(
+        self, images: Sequence[np.ndarray | str | os.PathLike], intrinsics: np.ndarray | None = None
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Read and resize views to the head's resolution (warning when aspect ratios change)."""
+        if len(images) == 0:
+            raise PixioError("no images given: reconstruction needs at least one view")
+        arrays = [read_image(im) if isinstance(im, (str, os.PathLike)) else np.asarray(im) for im in images]
+        for a in arrays:
+            if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
+                raise PixioError(f"images must be uint8 (H, W, 3) RGB, got {a.dtype} {a.shape}")
+        K = None
+        if intrinsics is not None:
+            K = np.asarray(intrinsics, np.float64)
+            K = np.repeat(K[None], len(arrays), 0) if K.shape == (3, 3) else K
+            if K.shape != (len(arrays), 3, 3) or not np.isfinite(K).all() or (K[:, 0, 0] <= 0).any():
+                raise PixioError(f"intrinsics of shape {K.shape} for {len(arrays)} images: give (3, 3) or (V, 3, 3)")
+        h, w = self.image_size
+        aspects = {round(a.shape[1] / a.shape[0], 2) for a in arrays}
+        if any(abs(r - w / h) > 0.05 * w / h for r in aspects):
+            print(
+                f"warning: views resized to {h}x{w} from aspect ratios {sorted(aspects)}: stretched images "
+                "reconstruct worse (crop them to the head's aspect ratio first)",
+                file=sys.stderr,
+            )
+        out, out_K = [], []
+        for i, a in enumerate(arrays):
+            im, _, k = resize_view(a, None, None if K is None else K[i], (h, w))
+            out.append(im)
+            out_K.append(k)
+        return np.stack(out), None if K is None else torch.from_numpy(np.stack(out_K))
+
+    def __call__(
+        self, images: Sequence[np.ndarray | str | os.PathLike], intrinsics: np.ndarray | None = None
+    ) -> Reconstruction:
+        views, K = self.prepare(images, intrinsics)
+        out = self.predict(self.cache.encode(views), K)
+        return Reconstruction.from_output(views, out, K)
+
+
+def reconstruct(
+    images: Sequence[np.ndarray | str | os.PathLike],
+    checkpoint: str | os.PathLike,
+    intrinsics: np.ndarray | None = None,
+    encoder: str | None = None,
+    device: str = "auto",
+) -> Reconstruction:
+    """One-call reconstruction of a set of images with a trained head."""
+    return Reconstructor.from_checkpoint(checkpoint, encoder, device)(images, intrinsics)
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+
+def _image_paths(sources: Sequence[str]) -> list[Path]:
+    # A scene folder (capture or external format) means its rgb/ views, not its label images.
+    expanded = [str(Path(s) / "rgb") if (Path(s) / "rgb").is_dir() else s for s in sources]
+    return list_images(expanded)
+
+
+def _read_intrinsics(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise PixioError(f"intrinsics={path}: no such file")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                if "K" not in z:
+                    raise PixioError(f"{p}: no array K in it (arrays: {sorted(z.keys())})")
+                return np.asarray(z["K"], np.float64)
+        return np.asarray(np.load(p, allow_pickle=False), np.float64)
+    except (OSError, ValueError) as e:
+        raise PixioError(f"intrinsics={path}: unreadable ({e}): give a .npy (3,3)/(V,3,3) or an .npz with K") from e
+
+
+def run_recon(cfg: ReconCommandConfig) -> int:
+    if not cfg.images:
+        raise PixioError("no images given: pixio-robot recon IMAGES... checkpoint=model.safetensors")
+    outputs = [Path(cfg.out)] + ([Path(cfg.rrd)] if cfg.rrd else [])
+    if Path(cfg.out).suffix.lower() != ".ply":
+        raise PixioError(f"out={cfg.out}: the point cloud is written as .ply: name it *.ply")
+    if cfg.rrd and Path(cfg.rrd).suffix != ".rrd":
+        raise PixioError(f"rrd={cfg.rrd}: Rerun recordings are .rrd files")
+    for p in outputs:
+        if p.exists() and not cfg.overwrite:
+            raise PixioError(f"{p} exists: pass overwrite=true to replace it, or choose another name")
+    paths = _image_paths(cfg.images)
+    K = _read_intrinsics(cfg.intrinsics) if cfg.intrinsics else None
+    rec = Reconstructor.from_checkpoint(cfg.checkpoint, cfg.encoder, cfg.device)
+    result = rec(paths, K)
+    options = {"conf_percentile": cfg.conf_percentile, "voxel": cfg.voxel, "outliers": cfg.outliers}
+    n = result.save_ply(cfg.out, **options)
+    if cfg.rrd:
+        result.save_rrd(cfg.rrd, **options)
+    written = " and ".join(str(p) for p in outputs)
+    print(f"{len(paths)} views -> {n} points (metric scale {result.scale:.3f}); wrote {written}")
+    return 0

@@ -1,0 +1,158 @@
+"""The head: any number of views, view-0 reference frame, known intrinsics, checkpoints, loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from envs.cameras import intrinsics, look_at
+from pixio_robot.errors import PixioError
+from recon import geometry
+from recon.configuration_recon import ReconConfig
+from recon.losses import ReconLoss, Targets, robust
+from recon.modeling_recon import ReconModel, ReconOutput
+
+TINY = ReconConfig(dim=32, depth=4, num_heads=2, head_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = ReconModel(TINY, encoder_dim=24, patch_size=16).eval()
+    with torch.no_grad():  # away from the near-identity initialisation, so outputs differ per view
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+@pytest.mark.parametrize("views", [1, 2, 5])
+def test_any_number_of_views(model, views):
+    tokens = torch.randn(2, views, 3, 4, 24)
+    out = model(tokens)
+    assert out.rays.shape == (2, views, 48, 64, 3) and out.depth.shape == (2, views, 48, 64)
+    assert torch.allclose(out.rays.norm(dim=-1), torch.ones(2, views, 48, 64), atol=1e-5)
+    assert (out.depth > 0).all() and (out.conf >= 1).all() and (out.scale > 0).all()
+    assert torch.allclose(out.quat.norm(dim=-1), torch.ones(2, views))
+    # view 0 is the reference frame: identity pose
+    assert torch.equal(out.cam2world()[:, 0], torch.eye(4).expand(2, 4, 4))
+    assert out.points(metric=True).shape == (2, views, 48, 64, 3)
+
+
+def test_other_views_are_exchangeable_but_view_0_is_marked(model):
+    tokens = torch.randn(1, 3, 2, 2, 24)
+    out = model(tokens)
+    swapped = model(tokens[:, [0, 2, 1]])
+    # permuting views 1 and 2 permutes their outputs (no hidden dependence on the order)...
+    assert torch.allclose(swapped.depth[:, 1], out.depth[:, 2], atol=1e-5)
+    assert torch.allclose(swapped.quat[:, 2], out.quat[:, 1], atol=1e-5)
+    assert torch.allclose(swapped.scale, out.scale, atol=1e-5)
+    # ...while the reference marker makes view 0 special: a view's output depends on its slot
+    moved = model(tokens[:, [1, 0, 2]])
+    assert not torch.allclose(moved.depth[:, 0], out.depth[:, 1], atol=1e-4)
+
+
+def test_known_intrinsics_enter_the_tokens_and_fix_the_rays(model):
+    tokens = torch.randn(1, 2, 2, 3, 24)
+    K = torch.from_numpy(intrinsics(50.0, 32, 48)).float().expand(1, 2, 3, 3)
+    out = model(tokens, K)
+    assert torch.allclose(out.rays, geometry.rays_from_intrinsics(K.double(), 32, 48).float(), atol=1e-6)
+    assert not torch.allclose(out.depth, model(tokens).depth)  # the ray embedding changes the tokens
+    partly = model(tokens, K, known=torch.tensor([[True, False]]))
+    assert torch.allclose(partly.rays[:, 0], out.rays[:, 0]) and not torch.allclose(partly.rays[:, 1], out.rays[:, 1])
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    path = model.save(tmp_path / "head.safetensors", {"encoder": {"path": "x", "sha256": "y"}, "image_size": [32, 48]})
+    loaded, meta = ReconModel.load(path)
+    assert meta["encoder"] == {"path": "x", "sha256": "y"} and meta["image_size"] == [32, 48]
+    tokens = torch.randn(1, 2, 2, 3, 24)
+    assert torch.equal(loaded(tokens).depth, model(tokens).depth)
+    with pytest.raises(PixioError, match="not a recon head"):
+        from safetensors.torch import save_file
+
+        save_file({"a": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+        ReconModel.load(tmp_path / "other.safetensors")
+    with pytest.raises(PixioError, match="expected Pixio tokens"):
+        model(torch.randn(1, 2, 2, 3, 25))
+
+
+def _targets(views: int = 3, metric: bool = True) -> Targets:
+    rng = np.random.default_rng(0)
+    h, w = 16, 16
+    poses = []
+    for i in range(views):
+        a = 2 * np.pi * i / views
+        T = np.eye(4)
+        eye = np.array([0.8 * np.cos(a), 0.8 * np.sin(a), 0.5])
+        T[:3, :3], T[:3, 3] = look_at(eye, np.zeros(3)), eye
+        poses.append(T)
+    depth = rng.uniform(0.5, 1.2, (1, views, h, w)).astype(np.float32)
+    K = np.broadcast_to(intrinsics(50.0, h, w), (1, views, 3, 3))
+    return Targets.from_views(
+        torch.from_numpy(depth),
+        torch.from_numpy(K.copy()),
+        torch.from_numpy(np.stack(poses))[None],
+        torch.tensor([metric]),
+    )
+
+
+def _perfect(tgt: Targets, m: float, conf: float = 1.0) -> ReconOutput:
+    shape = tgt.depth.shape
+    return ReconOutput(
+        rays=tgt.rays,
+        depth=tgt.depth / m,
+        conf=torch.full(shape, conf),
+        mask_logits=torch.where(tgt.valid, 20.0, -20.0),
+        quat=geometry.matrix_to_quat(tgt.cam2world[..., :3, :3].double()).float(),
+        trans=tgt.cam2world[..., :3, 3] / m,
+        scale=torch.tensor([m]),
+    )
+
+
+def test_loss_of_a_perfect_prediction_is_zero_at_any_scale():
+    tgt = _targets()
+    loss_fn = ReconLoss(ReconConfig())
+    for m in (1.0, 0.3):
+        _, terms = loss_fn(_perfect(tgt, m), tgt)
+        for name in ("points", "cam_points", "rays", "depth", "translation", "rotation", "scale"):
+            assert terms[name] == pytest.approx(0.0, abs=1e-5), name
+    # -q is the same rotation: no rotation loss either
+    out = _perfect(tgt, 1.0)
+    out.quat = -out.quat
+    assert loss_fn(out, tgt)[1]["rotation"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loss_terms_respond_to_their_errors():
+    tgt = _targets()
+    loss_fn = ReconLoss(ReconConfig())
+    # a wrong metric scale only costs the scale term: |log 2|
+    _, terms = loss_fn(_perfect(tgt, 1.0), tgt)
+    wrong = _perfect(tgt, 1.0)
+    wrong.scale = torch.tensor([2.0])
+    _, t2 = loss_fn(wrong, tgt)
+    assert t2["scale"] == pytest.approx(np.log(2.0), rel=1e-5) and t2["points"] == pytest.approx(
+        terms["points"], abs=1e-6
+    )
+    # ...and nothing on data without metric scale
+    nonmetric = _targets(metric=False)
+    assert loss_fn(wrong, nonmetric)[1]["scale"] == 0.0
+    # confidence: conf * err - 0.2 log(conf); with zero error a higher confidence lowers the loss
+    _, confident = loss_fn(_perfect(tgt, 1.0, conf=3.0), tgt)
+    assert confident["points"] == pytest.approx(-0.2 * np.log(3.0), abs=1e-5)
+    # Barron's loss with alpha 0.5, c 0.05: |a-2|/a ((x^2/c^2/|a-2| + 1)^(a/2) - 1), quadratic near 0
+    d = torch.tensor([[0.001, 0, 0], [0.6, 0.8, 0]])
+    r = robust(d, 0.5, 0.05)
+    assert r[0] == pytest.approx(0.5 * (0.001 / 0.05) ** 2, rel=1e-2)
+    assert r[1] == pytest.approx(3 * ((1 / 0.05**2 / 1.5 + 1) ** 0.25 - 1), rel=1e-6)
+
+
+def test_loss_backpropagates_to_every_trainable_part():
+    torch.manual_seed(0)
+    model = ReconModel(TINY, encoder_dim=24)
+    tgt = _targets(views=3)
+    out = model(torch.randn(1, 3, 1, 1, 24), tgt.K)
+    loss, _ = ReconLoss(ReconConfig())(out, tgt)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []

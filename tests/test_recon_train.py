@@ -1,0 +1,280 @@
+"""train-recon, eval-recon and recon end to end on scenes captured here with `envs`
+(vitn16 encoder with random weights, 64x64 views, the tiny head)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import recon.train
+from pixio_robot.cli import main
+from pixio_robot.viz import rrd_entities
+from recon.data import load_scenes
+from recon.losses import ReconLoss
+from recon.modeling_recon import ReconModel
+from recon.sampling import collate, fixed_view_sets
+from recon.tokens import TokenCache
+
+CAPTURE = ["capture", "env=stack", "views=4", "image_size=64", "expert_steps=0", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recon")
+    assert main([*CAPTURE, "scenes=4", f"out={root / 'train'}"]) == 0
+    assert main([*CAPTURE, "scenes=2", "seed=1000", f"out={root / 'test'}"]) == 0
+    return root
+
+
+def train_args(data, out, *extra):
+    return [
+        "train-recon",
+        f"data=[{data / 'train'}]",
+        "encoder=vitn16",
+        "image_size=64",
+        "recon=tiny",
+        f"out={out}",
+        f"cache_dir={data / 'cache'}",
+        "batch_size=4",
+        "warmup_steps=5",
+        "lr=2e-3",
+        "log_every=5",
+        "threads=1",
+        "progress=false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    out = data / "run"
+    assert main(train_args(data, out, "steps=60", "save_every=30")) == 0
+    return out
+
+
+def fixed_loss(model: ReconModel, data, run) -> float:
+    """Loss on fixed 3-view sets of the training scenes, with the run's encoder."""
+    import pixio_robot
+
+    scenes = load_scenes([data / "train"], 64)
+    cache = TokenCache(pixio_robot.load_encoder(run / "encoder.safetensors"), None, (64, 64))
+    tokens = [cache.tokens(s) for s in scenes]
+    x, tgt = collate(fixed_view_sets([4] * len(scenes), 3), tokens, scenes)
+    with torch.no_grad():
+        return ReconLoss(model.config)(model.eval()(x), tgt)[0].item()
+
+
+def test_training_lowers_the_loss(data, trained):
+    trained_model, meta = ReconModel.load(trained / "model.safetensors")
+    torch.manual_seed(0)  # the run's seed: the head as it was before the first step
+    initial = ReconModel(trained_model.config, 128, 16)
+    before, after = fixed_loss(initial, data, trained), fixed_loss(trained_model, data, trained)
+    assert after < 0.8 * before, (before, after)
+    assert meta["step"] == 60 and meta["image_size"] == [64, 64] and meta["encoder"]["path"] == "encoder.safetensors"
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(5, 61, 5))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(data, trained, monkeypatch):
+    out = data / "interrupted"
+    real_lr_at = recon.train.lr_at
+
+    def stop_at_40(step, cfg):
+        if step == 40:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(recon.train, "lr_at", stop_at_40)
+    assert main(train_args(data, out, "steps=60", "save_every=30")) == 130
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "40"  # Ctrl-C saved the finished steps
+    monkeypatch.setattr(recon.train, "lr_at", real_lr_at)
+    assert main(train_args(data, out, "steps=60", "save_every=30")) == 0
+    a, _ = ReconModel.load(out / "model.safetensors")
+    b, _ = ReconModel.load(trained / "model.safetensors")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(5, 61, 5))  # one run's log, no repeats
+    # other settings into the same folder are refused, the run untouched
+    before = (out / "model.safetensors").read_bytes()
+    assert main(train_args(data, out, "steps=80", "batch_size=2")) == 2
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_loss_explosion_stops_cleanly_and_keeps_the_last_good_checkpoint(data, monkeypatch, capsys):
+    out = data / "exploding"
+    real_forward = ReconLoss.forward
+    calls = {"n": 0}
+
+    def explode_after_25(self, pred, tgt):
+        loss, terms = real_forward(self, pred, tgt)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 25 else loss), terms
+
+    monkeypatch.setattr(ReconLoss, "forward", explode_after_25)
+    assert main(train_args(data, out, "steps=60", "save_every=10", "explode_patience=3")) == 2
+    err = capsys.readouterr().err
+    assert "loss exploded at step 28" in err and "last good checkpoint (step 20)" in err and "lower lr=" in err
+    _, meta = ReconModel.load(out / "model.safetensors")
+    assert meta["step"] == 20
+    model, _ = ReconModel.load(out / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+    # what the message advises works: the same out= with a lower lr continues from step 20
+    monkeypatch.undo()
+    assert main(train_args(data, out, "steps=30", "save_every=10", "lr=1e-3")) == 0
+    assert ReconModel.load(out / "model.safetensors")[1]["step"] == 30
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "metrics.csv"))] == [5, 10, 15, 20, 25, 30]
+
+
+def test_eval_recon_reports_the_six_metrics_and_cloud_scores(data, trained, capsys):
+    out = data / "eval.json"
+    args = [
+        "eval-recon",
+        f"checkpoint={trained / 'model.safetensors'}",
+        f"data=[{data / 'test'}]",
+        "views=[2,4]",
+        "sets_per_scene=2",
+        f"cache_dir={data / 'cache'}",
+        f"out={out}",
+        "progress=false",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for label in (
+        "Scale rel",
+        "Points rel",
+        "Points tau@1.03",
+        "Pose AUC@5",
+        "Depth rel",
+        "Depth tau@1.03",
+        "Chamfer",
+        "F-score@1cm",
+    ):
+        assert label in printed
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"2 views", "4 views"} and results["2 views"]["sets"] == 4
+    for row in results.values():
+        for key in (
+            "scale_rel",
+            "points_rel",
+            "points_tau",
+            "pose_auc5",
+            "depth_rel",
+            "depth_tau",
+            "chamfer",
+            "fscore",
+        ):
+            assert row[key] is not None and np.isfinite(row[key]), key
+        assert 0 <= row["points_tau"] <= 100 and 0 <= row["pose_auc5"] <= 100 and row["chamfer"] > 0
+    before = out.read_text()
+    assert main(args) == 2  # exists: needs overwrite=true
+    assert out.read_text() == before
+
+
+def test_recon_writes_a_ply_and_a_recording(data, trained, tmp_path):
+    import open3d as o3d
+
+    from recon import Reconstructor
+
+    rgb = sorted((data / "test" / "scene_000000" / "rgb").glob("*.png"))
+    ply, rrd = tmp_path / "scene.ply", tmp_path / "scene.rrd"
+    args = ["recon", *map(str, rgb), f"checkpoint={trained / 'model.safetensors'}", f"out={ply}", f"rrd={rrd}"]
+    assert main([*args, "voxel=0.002"]) == 0
+    cloud = o3d.io.read_point_cloud(str(ply))
+
+    # the in-process API gives the same cloud: same count, same colours
+    result = Reconstructor.from_checkpoint(trained / "model.safetensors")(rgb)
+    assert result.points.shape == (4, 64, 64, 3) and result.cam2world.shape == (4, 4, 4)
+    points, colors = result.cloud(conf_percentile=10.0, voxel=0.002, outliers=True)
+    assert len(cloud.points) == len(points) > 100
+    assert np.allclose(np.asarray(cloud.points), points, atol=1e-6)
+    assert np.array_equal(np.round(np.asarray(cloud.colors) * 255).astype(np.uint8), colors)
+    # without voxels every kept pixel keeps its image colour exactly
+    n = result.save_ply(tmp_path / "raw.ply", conf_percentile=0.0)
+    raw = o3d.io.read_point_cloud(str(tmp_path / "raw.ply"))
+    assert len(raw.points) == n == result.mask.sum()
+    assert np.array_equal(np.round(np.asarray(raw.colors) * 255).astype(np.uint8), result.images[result.mask])
+
+    entities = rrd_entities(rrd)
+    assert "/world/points" in entities
+    for i in range(4):
+        for sub in ("", "/image", "/depth"):
+            assert f"/world/cameras/view_{i:03d}{sub}" in entities
+
+    # outputs are never replaced without overwrite=true
+    before = ply.read_bytes()
+    assert main(args) == 2
+    assert ply.read_bytes() == before
+    # one image is enough at inference
+    assert (
+        main(
+            [
+                "recon",
+                str(rgb[0]),
+                f"checkpoint={trained / 'model.safetensors'}",
+                f"out={tmp_path / 'one.ply'}",
+                "rrd=null",
+            ]
+        )
+        == 0
+    )
+    assert len(o3d.io.read_point_cloud(str(tmp_path / "one.ply")).points) > 0
+
+
+def test_recon_resizes_views_of_other_sizes_and_takes_known_intrinsics(data, trained, tmp_path, capsys):
+    from PIL import Image
+
+    from recon import Reconstructor
+
+    scene = data / "test" / "scene_000001"
+
+    def recon(*args: str) -> int:
+        return main(["recon", *args, f"checkpoint={trained / 'model.safetensors'}"])
+
+    big = tmp_path / "big.png"  # the same view at twice the size: resized back, not refused
+    Image.open(scene / "rgb" / "001.png").resize((128, 128), Image.BICUBIC).save(big)
+    wide = tmp_path / "wide.png"  # another aspect ratio: resized with a warning
+    Image.open(scene / "rgb" / "002.png").resize((96, 64), Image.BICUBIC).save(wide)
+    ply = tmp_path / "mixed.ply"
+    assert recon(str(scene / "rgb" / "000.png"), str(big), str(wide), f"out={ply}", "rrd=null") == 0
+    assert "aspect ratios" in capsys.readouterr().err and ply.is_file()
+
+    # known intrinsics (in pixels of the given images) replace the predicted rays
+    K = np.load(scene / "cameras.npz")["K"]
+    np.save(tmp_path / "K.npy", K)
+    rgb = str(scene / "rgb")
+    assert recon(rgb, f"out={tmp_path / 'k.ply'}", "rrd=null", f"intrinsics={tmp_path / 'K.npy'}") == 0
+    result = Reconstructor.from_checkpoint(trained / "model.safetensors")(sorted((scene / "rgb").glob("*.png")), K)
+    assert np.allclose(result.K, K, atol=1e-6)
+    assert recon(rgb, f"out={tmp_path / 'x.ply'}", "rrd=a.txt") == 2
+    np.save(tmp_path / "K2.npy", K[:2])  # two matrices for four images
+    assert recon(rgb, f"out={tmp_path / 'x.ply'}", "rrd=null", f"intrinsics={tmp_path / 'K2.npy'}") == 2
+    assert "intrinsics of shape" in capsys.readouterr().err and not (tmp_path / "x.ply").exists()
+
+
+def test_a_head_finds_its_encoder_beside_it_and_refuses_another(trained, tmp_path):
+    import shutil
+
+    from pixio_robot.checkpoints import sha256_file
+    from pixio_robot.errors import PixioError
+    from recon.backbone import resolve_encoder
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(trained / "model.safetensors", bundle / "head.safetensors")
+    shutil.copy(trained / "encoder.safetensors", bundle / "small.safetensors")
+    sha = sha256_file(trained / "encoder.safetensors")
+    # recorded at an absolute path that no longer exists: the file of that name beside the head is used
+    encoder, found = resolve_encoder({"path": "/gone/small.safetensors", "sha256": sha}, bundle / "head.safetensors")
+    assert found == sha and encoder.embed_dim == 128
+    with pytest.raises(PixioError, match="is missing"):
+        resolve_encoder({"path": "/gone/small.safetensors", "sha256": "0" * 64}, bundle / "head.safetensors")
+    with pytest.raises(PixioError, match="changed since the head was trained"):
+        resolve_encoder({"path": str(bundle / "small.safetensors"), "sha256": "0" * 64}, bundle / "head.safetensors")
