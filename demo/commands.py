@@ -13,13 +13,16 @@ class DemoConfig:
         default=None, metadata={"help": "folder for everything (default: the next free outputs/demo/run-N)"}
     )
     task: str = field(default="reach", metadata={"help": "own task to learn (reach, push, pick_place, ...)"})
+    camera: str | None = field(
+        default=None, metadata={"help": "camera the policy sees (default: front; corner2 on MetaWorld)"}
+    )
     demos: int = field(default=50, metadata={"help": "scripted demonstrations to record"})
     epochs: int = field(default=100, metadata={"help": "training epochs of the CortexBench head"})
     episodes: int = field(default=50, metadata={"help": "evaluation episodes (held-out seeds)"})
     views: int = field(default=4, metadata={"help": "views of the reconstructed scene"})
     image_size: int = field(default=128, metadata={"help": "camera images (pixels, square)"})
     encoder: str = field(default="sim_vitn16", metadata={"help": "encoder of the policy (bundled name or file)"})
-    recon: str = field(default="recon_sim_vitn16", metadata={"help": "reconstruction head (bundled name or file)"})
+    recon_head: str = field(default="recon_sim_vitn16", metadata={"help": "reconstruction head (bundled name or file)"})
     workers: int = field(default=2, metadata={"help": "environment processes (collection, evaluation)"})
     seed: int = field(default=0, metadata={"help": "seed of training and of the reconstructed scene"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})

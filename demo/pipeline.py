@@ -51,7 +51,7 @@ def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
     collect(
         CollectConfig(
             env=cfg.task,
-            cameras=["front"],
+            cameras=[cfg.camera or ("corner2" if cfg.task.startswith("metaworld/") else "front")],
             image_size=cfg.image_size,
             episodes=cfg.demos,
             out=str(folder),
@@ -86,7 +86,7 @@ def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
         "epochs": result.epochs,
         "final_loss": result.losses[-1],
         "loss_plot": str(folder / "loss.png"),
-        "cache": str(result.cache.folder) if result.cache is not None else None,
+        "cache": str(result.cache.path) if result.cache is not None else None,
     }
 
 
@@ -139,11 +139,28 @@ def _capture(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
 
 def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
-    from recon.demo import reconstruct_scene
+    from pixio_robot.bundled import bundled_path, is_bundled
+    from recon.data import read_scene
+    from recon.evaluate import evaluate
+    from recon.infer import Reconstructor
 
     folder = out / "reconstruction"
-    folder.mkdir(parents=True, exist_ok=True)
-    return reconstruct_scene(cfg.recon, done["scene"]["path"], folder, progress=cfg.progress)
+    folder.mkdir()
+    head = bundled_path(cfg.recon_head) if is_bundled(cfg.recon_head) else cfg.recon_head
+    rec = Reconstructor.from_checkpoint(head, device="cpu")
+    scene = read_scene(done["scene"]["path"], rec.image_size)
+    result = rec(list(scene.images))  # the images alone: cameras, depth and scale are predicted
+    points = result.save_ply(folder / "scene.ply", outliers=True)
+    result.save_rrd(folder / "scene.rrd", outliers=True)
+    metrics = evaluate(rec, [scene], views=[scene.num_views])[f"{scene.num_views} views"]
+    metrics = {"views": scene.num_views} | {k: v for k, v in metrics.items() if k != "sets"}
+    write_json(folder / "metrics.json", metrics)
+    return {
+        "ply": str(folder / "scene.ply"),
+        "points": points,
+        "recording": str(folder / "scene.rrd"),
+        "metrics": metrics,
+    }
 
 
 STAGES = (
@@ -303,7 +320,7 @@ def _summary_text(s: dict) -> str:
         f"  policy      {s['task']}: {s['success_rate']:.0%} success over {s['episodes']} held-out episodes "
         f"(95% interval {lo:.0%}-{hi:.0%}), mean length {s['mean_length']:.0f} steps",
         f"  recon       {m['views']} views: points rel {m['points_rel']:.3f}, depth rel {m['depth_rel']:.3f}, "
-        f"pose AUC@5 {m['pose_auc5']:.1f}, Chamfer {100 * m['chamfer']:.1f} cm, F-score@1cm {m['fscore']:.2f}",
+        f"pose AUC@5 {m['pose_auc5']:.1f}, Chamfer {100 * m['chamfer']:.1f} cm, F-score@1cm {m['fscore']:.1f}%",
         f"  look at     uv run pixio-robot view {f['scene_recording']}",
         f"              uv run pixio-robot view {f['point_cloud']}",
         f"              uv run pixio-robot view {f['policy_recording']}",

@@ -66,6 +66,7 @@ class TabletopExpert:
     def __call__(self, observation=None) -> np.ndarray:
         goal, gripper = self.plan()
         action = self.toward(goal, gripper)
+        self.label = np.clip(action, -1.0, 1.0).astype(np.float32)
         if self.noise > 0:
             action[:4] += self.rng.normal(0.0, self.noise, 4)
         return np.clip(action, -1.0, 1.0).astype(np.float32)

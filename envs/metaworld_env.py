@@ -160,6 +160,7 @@ class MetaWorldExpert:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its gains trip its own "constants too high" warning
             action = np.asarray(self.policy.get_action(self.env.raw_obs), np.float64)
+        self.label = np.clip(action, -1.0, 1.0).astype(np.float32)  # what is recorded (DART)
         if self.noise > 0:
             action[:3] += self.rng.normal(0.0, self.noise, 3)
         return np.clip(action, -1.0, 1.0).astype(np.float32)

@@ -77,7 +77,9 @@ def rollout(env: gym.Env, policy: Policy, seed: int, record: bool = True, max_st
             for name, image in pixels.items():
                 images.setdefault(name, []).append(image)
         obs, reward, terminated, truncated, info = env.step(action)
-        actions.append(action)
+        # DART: a noisy expert executes a perturbed action but demonstrates its own (`label`), so
+        # the data shows how to come back from where the noise led, not the noise itself.
+        actions.append(np.asarray(getattr(policy, "label", action), np.float32))
         rewards.append(reward)
         successes.append(bool(info["is_success"]))
         done = terminated or truncated

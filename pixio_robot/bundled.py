@@ -27,7 +27,7 @@ class Bundled:
 BUNDLED: dict[str, Bundled] = {
     "sim_vitn16": Bundled(
         "sim_vitn16.safetensors",
-        "SHA_ENCODER",
+        "cff9390e62365deee4f256cbbb052771368e6753ec289e06f6ea73fe01f9d232",
         "Pixio ViT-N/16, 8 class tokens, 128x128, pre-trained by pretrain/ on frames rendered by envs/",
     ),
     "recon_sim_vitn16": Bundled(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pixio_robot.bundled import bundled_path, is_bundled
 from pixio_robot.checkpoints import load_encoder, save_encoder, sha256_file
 from pixio_robot.encoder import PixioViT, create_encoder
 from pixio_robot.errors import PixioError
@@ -27,6 +28,8 @@ def prepare_encoder(
     """(frozen encoder, record for the checkpoint) for a training run in `run_dir`."""
     if init not in ("pretrained", "random"):
         raise PixioError(f"encoder_init={init!r}: use pretrained or random")
+    if is_bundled(spec) and not os.path.exists(spec):
+        spec = str(bundled_path(spec))
     is_file = os.path.exists(spec)
     if is_file and init == "pretrained":
         encoder = load_encoder(spec)

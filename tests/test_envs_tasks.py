@@ -61,6 +61,25 @@ def test_expert_with_action_noise_still_succeeds():
     assert not np.allclose(episodes[0].actions[: clean.length], clean.actions[: episodes[0].length])
 
 
+def test_noisy_expert_records_its_own_action_not_the_executed_one():
+    """DART: the executed action is perturbed, the demonstrated one is the expert's."""
+    env = envs.make_env("reach", cameras=None)
+    noisy, clean = make_expert(env, noise=0.5), make_expert(env)
+    obs, _ = env.reset(seed=0)
+    noisy.reset(0)
+    executed, labels, expert = [], [], []
+    for _ in range(5):
+        expert.append(clean(obs))  # the reach expert's plan depends on the state only
+        executed.append(noisy(obs))
+        labels.append(noisy.label)
+        obs, *_ = env.step(executed[-1])
+    np.testing.assert_allclose(labels, expert)
+    assert not np.allclose(executed, labels)
+    episode = rollout(env, noisy, seed=0, record=False)
+    env.close()
+    np.testing.assert_allclose(episode.actions[:5], labels)  # same seed, same noise: same run
+
+
 def test_same_seed_same_first_observation_and_trajectory():
     def run(seed):
         env = envs.make_env("stack", cameras=["front", "wrist"], image_size=48, environment_state=True)
