@@ -12,7 +12,10 @@ class DemoConfig:
     out: str | None = field(
         default=None, metadata={"help": "folder for everything (default: the next free outputs/demo/run-N)"}
     )
-    task: str = field(default="reach", metadata={"help": "own task to learn (reach, push, pick_place, ...)"})
+    task: str = field(
+        default="metaworld/drawer-open",
+        metadata={"help": "task to learn: metaworld/<task> or an own task (reach, push, ...)"},
+    )
     camera: str | None = field(
         default=None, metadata={"help": "camera the policy sees (default: front; corner2 on MetaWorld)"}
     )

@@ -140,6 +140,7 @@ def _capture(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
 def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
     from pixio_robot.bundled import bundled_path, is_bundled
+    from pixio_robot.viz import cloud_snapshot
     from recon.data import read_scene
     from recon.evaluate import evaluate
     from recon.infer import Reconstructor
@@ -152,6 +153,9 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
     result = rec(list(scene.images))  # the images alone: cameras, depth and scale are predicted
     points = result.save_ply(folder / "scene.ply", outliers=True)
     result.save_rrd(folder / "scene.rrd", outliers=True)
+    cloud, colors = result.cloud(outliers=True)
+    title = f"{scene.num_views} views of a {SCENE_TASK} scene, reconstructed from the images alone"
+    write_bytes(folder / "scene.png", cloud_snapshot(cloud, colors, result.cam2world, title))
     metrics = evaluate(rec, [scene], views=[scene.num_views])[f"{scene.num_views} views"]
     metrics = {"views": scene.num_views} | {k: v for k, v in metrics.items() if k != "sets"}
     write_json(folder / "metrics.json", metrics)
@@ -159,6 +163,7 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
         "ply": str(folder / "scene.ply"),
         "points": points,
         "recording": str(folder / "scene.rrd"),
+        "snapshot": str(folder / "scene.png"),
         "metrics": metrics,
     }
 
@@ -303,6 +308,7 @@ def _summary(cfg: DemoConfig, out: Path, state: dict, seconds: float) -> dict:
             "videos": ev["videos"],
             "scene_recording": rec["recording"],
             "point_cloud": rec["ply"],
+            "point_cloud_png": rec["snapshot"],
         },
         "seconds": {name: info["seconds"] for name, info in done.items()},
         "total_seconds": round(sum(info["seconds"] for info in done.values()), 1),
@@ -324,7 +330,7 @@ def _summary_text(s: dict) -> str:
         f"  look at     uv run pixio-robot view {f['scene_recording']}",
         f"              uv run pixio-robot view {f['point_cloud']}",
         f"              uv run pixio-robot view {f['policy_recording']}",
-        f"  plots       {f['success_chart']}, {f['loss_plot']}",
+        f"  plots       {f['success_chart']}, {f['loss_plot']}, {f['point_cloud_png']}",
         f"  dataset     {f['dataset']}",
     ]
     return "\n".join(lines)

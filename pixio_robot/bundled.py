@@ -32,7 +32,7 @@ BUNDLED: dict[str, Bundled] = {
     ),
     "recon_sim_vitn16": Bundled(
         "recon_sim_vitn16.safetensors",
-        "SHA_RECON",
+        "6d8b672bc424dc9aa460a57900cbfce8dd8e52e59300250a9d03ed8fc752ebcc",
         "reconstruction head (recon/) trained on multi-view captures of envs/ over sim_vitn16",
     ),
 }

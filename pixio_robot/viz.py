@@ -3,6 +3,7 @@
 - `rerun_recording(path)`: a Rerun `RecordingStream` that writes `path` (.rrd) atomically;
 - `rrd_entities(path)`: the entity paths a recording holds (what tests check);
 - `image_grid` / `save_png`: side-by-side images with labels, written atomically;
+- `cloud_snapshot`: a PNG still of a coloured point cloud with its cameras;
 - `ScalarLog`: training scalars to a CSV file and, optionally, to a Rerun recording.
 """
 
@@ -103,6 +104,49 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     Image.fromarray(to_uint8(image)).save(buf, format="PNG")
     write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def cloud_snapshot(
+    points: np.ndarray,
+    colors: np.ndarray,
+    cam2world: np.ndarray | None = None,
+    title: str = "",
+    max_points: int = 30000,
+) -> bytes:
+    """PNG of a coloured point cloud seen from above and behind the first camera, with the
+    camera centres and viewing directions: a still of what a recording holds, for reports and
+    machines without a display. Points in OpenCV camera axes (y down, z forward)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(points) > max_points:
+        keep = np.random.default_rng(0).choice(len(points), max_points, replace=False)
+        points, colors = points[keep], colors[keep]
+    fig = plt.figure(figsize=(6, 5), dpi=120)
+    ax = fig.add_subplot(projection="3d")
+    # x right, z forward, -y up: the first camera's view, lifted
+    ax.scatter(points[:, 0], points[:, 2], -points[:, 1], c=np.asarray(colors) / 255.0, s=1.0, linewidths=0)
+    if cam2world is not None:
+        centres, forward = cam2world[:, :3, 3], cam2world[:, :3, 2]
+        span = float(np.ptp(points, axis=0).max()) if len(points) else 1.0
+        tips = centres + 0.15 * span * forward
+        ax.scatter(centres[:, 0], centres[:, 2], -centres[:, 1], c="red", s=25, marker="^")
+        for c, t in zip(centres, tips, strict=True):
+            ax.plot([c[0], t[0]], [c[2], t[2]], [-c[1], -t[1]], color="red", linewidth=1.5)
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("z (m)")
+    ax.set_zlabel("-y (m)")
+    ax.view_init(elev=25, azim=-70)
+    with contextlib.suppress(AttributeError, ValueError):
+        ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 class ScalarLog:
