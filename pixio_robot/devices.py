@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .errors import PixioError
@@ -32,3 +34,17 @@ def pick_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise PixioError(f"dtype={name!r} is not supported: use one of float32, bfloat16, float16")
     return DTYPES[name]
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block on `n` torch CPU threads (None or 0: as it is), restoring the number after.
+
+    Small models run best on one thread when other jobs share the cores."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -20,11 +20,13 @@ _LAZY = {
     "Reconstructor": "infer",
     "Reconstruction": "infer",
     "reconstruct": "infer",
+    "reconstruct_to_files": "infer",
     "SceneData": "data",
     "load_scenes": "data",
     "read_scene": "data",
     "TokenCache": "tokens",
     "evaluate": "evaluate",
+    "evaluate_checkpoint": "evaluate",
 }
 __all__ = sorted(_LAZY)
 

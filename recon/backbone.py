@@ -68,8 +68,11 @@ def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | N
     if not path.is_absolute():
         path = here / path
     if not path.is_file():
-        # A head copied elsewhere with its encoder beside it (e.g. a bundle) still finds it.
-        beside = [p for p in (here / path.name, here / ENCODER_FILE) if p.is_file()]
+        # A head copied elsewhere with its encoder beside it (e.g. a bundle, under any name) still
+        # finds it: the file of the recorded name first, then any safetensors file there.
+        names = [path.name, ENCODER_FILE, *sorted(p.name for p in here.glob("*.safetensors"))]
+        own = Path(checkpoint).resolve()
+        beside = [here / n for n in dict.fromkeys(names) if (here / n).is_file() and here / n != own]
         match = [p for p in beside if sha256_file(p) == info.get("sha256")]
         if not match:
             raise PixioError(

@@ -57,6 +57,7 @@ class EvalReconConfig:
     encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
     cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing results file"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -67,12 +68,16 @@ class ReconCommandConfig:
     checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-recon run"})
     out: str = field(default="recon.ply", metadata={"help": "coloured point cloud (.ply)"})
     rrd: str | None = field(default="recon.rrd", metadata={"help": "Rerun recording (.rrd); null: none"})
-    intrinsics: str | None = field(default=None, metadata={"help": "known K: .npy (3,3)/(V,3,3) or cameras.npz"})
+    views: int | None = field(default=None, metadata={"help": "use the first N views only"})
+    intrinsics: str | None = field(
+        default=None, metadata={"help": "known K: .npy (3,3)/(V,3,3), an .npz with K, or scene (its cameras.npz)"}
+    )
     conf_percentile: float = field(default=10.0, metadata={"help": "drop this % of least confident points"})
     voxel: float = field(default=0.0, metadata={"help": "voxel size (m) for downsampling; 0: off"})
     outliers: bool = field(default=True, metadata={"help": "statistical outlier removal (20 nbrs, 2 std)"})
     encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
     overwrite: bool = field(default=False, metadata={"help": "replace existing output files"})
 
 

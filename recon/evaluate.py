@@ -12,7 +12,9 @@ are averaged per number of views. Results go to a JSON file and a printed table.
 from __future__ import annotations
 
 import math
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from pixio_robot.atomic import write_json
 from pixio_robot.config import to_dict
+from pixio_robot.devices import torch_threads
 from pixio_robot.errors import PixioError
 
 from .commands import EvalReconConfig
@@ -71,7 +74,8 @@ def evaluate(
             gt = tgt.points()[0][tgt.valid[0]].double().numpy()
             row |= cloud_metrics(_sample(pred, max_points, rng), _sample(gt, max_points, rng), fscore_threshold)
             rows.append(row)
-        results[f"{n} views"] = average(rows) | {"sets": len(rows)}
+        used = len({view_set[0] for view_set in sets})
+        results[f"{n} views"] = average(rows) | {"sets": len(rows), "scenes": used}
     return results
 
 
@@ -79,32 +83,71 @@ def _sample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return points if len(points) <= n else points[rng.choice(len(points), n, replace=False)]
 
 
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike | Reconstructor,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    views: Sequence[int] = (2, 4),
+    *,
+    sets_per_scene: int = 1,
+    scenes: int | None = None,
+    seed: int = 0,
+    intrinsics: bool = False,
+    fscore_threshold: float = 0.01,
+    max_points: int = 20000,
+    encoder: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """Metrics of a head (model.safetensors, or a loaded `Reconstructor`) on held-out scenes
+    (capture folders, folders of scene folders or scene folders, with depth and poses).
+
+    Returns {"<n> views": {"scale_rel", "points_rel", "points_tau", "pose_auc5", "depth_rel",
+    "depth_tau", "chamfer", "fscore", "sets", "scenes"}} for each n in `views` that some scene
+    has; `cache_dir` keeps the scenes' tokens on disk (None: computed in memory)."""
+    if not views or min(views) < 1:
+        raise PixioError(f"views={list(views)}: give numbers of views per set, e.g. views=[2,4]")
+    with torch_threads(threads):
+        rec = (
+            checkpoint
+            if isinstance(checkpoint, Reconstructor)
+            else Reconstructor.from_checkpoint(checkpoint, encoder, device, cache_dir)
+        )
+        loaded = load_scenes(data, rec.image_size, geometry=True, limit=scenes, progress=progress)
+        results = evaluate(
+            rec, loaded, list(views), sets_per_scene, seed, intrinsics, fscore_threshold, max_points, progress
+        )
+    if not results:
+        raise PixioError(f"no scene has {min(views)} or more views: nothing to evaluate")
+    return results
+
+
 def run_eval(cfg: EvalReconConfig) -> int:
     if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
         raise PixioError(f"{cfg.out} exists: pass overwrite=true to replace it, or choose another out=")
-    if not cfg.views or min(cfg.views) < 1:
-        raise PixioError(f"views={cfg.views}: give numbers of views per set, e.g. views=[2,4]")
-    rec = Reconstructor.from_checkpoint(cfg.checkpoint, cfg.encoder, cfg.device, cfg.cache_dir or default_cache_dir())
-    scenes = load_scenes(cfg.data, rec.image_size, geometry=True, limit=cfg.scenes, progress=cfg.progress)
-    results = evaluate(
-        rec,
-        scenes,
-        list(cfg.views),
-        cfg.sets_per_scene,
-        cfg.seed,
-        cfg.intrinsics,
-        cfg.fscore_threshold,
-        cfg.max_points,
-        cfg.progress,
+    results = evaluate_checkpoint(
+        cfg.checkpoint,
+        cfg.data,
+        cfg.views,
+        sets_per_scene=cfg.sets_per_scene,
+        scenes=cfg.scenes,
+        seed=cfg.seed,
+        intrinsics=cfg.intrinsics,
+        fscore_threshold=cfg.fscore_threshold,
+        max_points=cfg.max_points,
+        encoder=cfg.encoder,
+        cache_dir=cfg.cache_dir or default_cache_dir(),
+        device=cfg.device,
+        threads=cfg.threads,
+        progress=cfg.progress,
     )
-    if not results:
-        raise PixioError(f"no scene has {min(cfg.views)} or more views: nothing to evaluate")
     print(format_table(results))
     if cfg.out:
         clean = {
             k: {m: (v if not isinstance(v, float) or math.isfinite(v) else None) for m, v in r.items()}
             for k, r in results.items()
         }
-        write_json(cfg.out, {"options": to_dict(cfg), "scenes": len(scenes), "results": clean})
+        write_json(cfg.out, {"options": to_dict(cfg), "results": clean})
         print(f"wrote {cfg.out}")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from pixio_robot.atomic import atomic_path
-from pixio_robot.devices import pick_device
+from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
 from pixio_robot.images import list_images, read_image
 
@@ -230,7 +231,83 @@ def reconstruct(
     return Reconstructor.from_checkpoint(checkpoint, encoder, device)(images, intrinsics)
 
 
+def reconstruct_to_files(
+    images: str | os.PathLike | Sequence[np.ndarray | str | os.PathLike],
+    checkpoint: str | os.PathLike | Reconstructor,
+    ply: str | os.PathLike,
+    rrd: str | os.PathLike | None = None,
+    *,
+    views: int | None = None,
+    intrinsics: np.ndarray | str | os.PathLike | None = None,
+    conf_percentile: float = 10.0,
+    voxel: float = 0.0,
+    outliers: bool = True,
+    encoder: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Reconstruct views and write the coloured cloud (`ply`) and, unless None, a recording (`rrd`).
+
+    `images`: image files / uint8 (H, W, 3) arrays, or one folder (a scene folder of a capture or
+    of the external format means its rgb/ views); `views` keeps the first N of them.
+    `checkpoint`: a head's model.safetensors, or a loaded `Reconstructor` (reuse it across calls).
+    `intrinsics`: known K ((3, 3), (V, 3, 3), a .npy, an .npz with K, or "scene": the K of the
+    scene folder's cameras.npz), in pixels of the given images. Nothing is written when an
+    output exists and `overwrite` is False, or when anything fails (writes are atomic).
+    Returns {"views", "points", "scale", "ply", "rrd", "seconds"}."""
+    t0 = time.perf_counter()
+    outputs = [Path(ply)] + ([Path(rrd)] if rrd else [])
+    if Path(ply).suffix.lower() != ".ply":
+        raise PixioError(f"out={ply}: the point cloud is written as .ply: name it *.ply")
+    if rrd and Path(rrd).suffix != ".rrd":
+        raise PixioError(f"rrd={rrd}: Rerun recordings are .rrd files")
+    for p in outputs:
+        if p.exists() and not overwrite:
+            raise PixioError(f"{p} exists: pass overwrite=true to replace it, or choose another name")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if not images:
+        raise PixioError("no images given: reconstruction needs at least one view")
+    folder = _scene_folder(images)
+    if all(isinstance(im, (str, os.PathLike)) for im in images):
+        images = _image_paths([str(im) for im in images])
+    if views is not None:
+        if views < 1:
+            raise PixioError(f"views={views}: give at least 1")
+        images = list(images)[:views]
+    K = _read_intrinsics(intrinsics, folder) if isinstance(intrinsics, (str, os.PathLike)) else intrinsics
+    if K is not None and np.ndim(K) == 3 and len(K) > len(images):
+        K = np.asarray(K)[: len(images)]  # the first `views` of a scene's cameras
+    with torch_threads(threads):
+        rec = (
+            checkpoint
+            if isinstance(checkpoint, Reconstructor)
+            else Reconstructor.from_checkpoint(checkpoint, encoder, device)
+        )
+        result = rec(images, K)
+    options = {"conf_percentile": conf_percentile, "voxel": voxel, "outliers": outliers}
+    n = result.save_ply(ply, **options)
+    if rrd:
+        result.save_rrd(rrd, **options)
+    return {
+        "views": len(result.images),
+        "points": n,
+        "scale": result.scale,
+        "ply": Path(ply),
+        "rrd": Path(rrd) if rrd else None,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 # ---- the command ----------------------------------------------------------------------------
+
+
+def _scene_folder(sources: Sequence) -> Path | None:
+    """The scene folder when `sources` is exactly one (it has rgb/), else None."""
+    if len(sources) == 1 and isinstance(sources[0], (str, os.PathLike)) and (Path(sources[0]) / "rgb").is_dir():
+        return Path(sources[0])
+    return None
 
 
 def _image_paths(sources: Sequence[str]) -> list[Path]:
@@ -239,7 +316,11 @@ def _image_paths(sources: Sequence[str]) -> list[Path]:
     return list_images(expanded)
 
 
-def _read_intrinsics(path: str) -> np.ndarray:
+def _read_intrinsics(path: str | os.PathLike, scene: Path | None = None) -> np.ndarray:
+    if str(path) == "scene":
+        if scene is None or not (scene / "cameras.npz").is_file():
+            raise PixioError("intrinsics=scene needs one scene folder with a cameras.npz as the images")
+        path = scene / "cameras.npz"
     p = Path(path)
     if not p.is_file():
         raise PixioError(f"intrinsics={path}: no such file")
@@ -257,22 +338,24 @@ def _read_intrinsics(path: str) -> np.ndarray:
 def run_recon(cfg: ReconCommandConfig) -> int:
     if not cfg.images:
         raise PixioError("no images given: pixio-robot recon IMAGES... checkpoint=model.safetensors")
-    outputs = [Path(cfg.out)] + ([Path(cfg.rrd)] if cfg.rrd else [])
-    if Path(cfg.out).suffix.lower() != ".ply":
-        raise PixioError(f"out={cfg.out}: the point cloud is written as .ply: name it *.ply")
-    if cfg.rrd and Path(cfg.rrd).suffix != ".rrd":
-        raise PixioError(f"rrd={cfg.rrd}: Rerun recordings are .rrd files")
-    for p in outputs:
-        if p.exists() and not cfg.overwrite:
-            raise PixioError(f"{p} exists: pass overwrite=true to replace it, or choose another name")
-    paths = _image_paths(cfg.images)
-    K = _read_intrinsics(cfg.intrinsics) if cfg.intrinsics else None
-    rec = Reconstructor.from_checkpoint(cfg.checkpoint, cfg.encoder, cfg.device)
-    result = rec(paths, K)
-    options = {"conf_percentile": cfg.conf_percentile, "voxel": cfg.voxel, "outliers": cfg.outliers}
-    n = result.save_ply(cfg.out, **options)
-    if cfg.rrd:
-        result.save_rrd(cfg.rrd, **options)
-    written = " and ".join(str(p) for p in outputs)
-    print(f"{len(paths)} views -> {n} points (metric scale {result.scale:.3f}); wrote {written}")
+    summary = reconstruct_to_files(
+        cfg.images,
+        cfg.checkpoint,
+        cfg.out,
+        cfg.rrd,
+        views=cfg.views,
+        intrinsics=cfg.intrinsics,
+        conf_percentile=cfg.conf_percentile,
+        voxel=cfg.voxel,
+        outliers=cfg.outliers,
+        encoder=cfg.encoder,
+        device=cfg.device,
+        threads=cfg.threads,
+        overwrite=cfg.overwrite,
+    )
+    written = " and ".join(str(p) for p in (summary["ply"], summary["rrd"]) if p)
+    print(
+        f"{summary['views']} views -> {summary['points']} points (metric scale {summary['scale']:.3f}, "
+        f"{summary['seconds']:.1f} s); wrote {written}"
+    )
     return 0

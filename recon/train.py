@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pixio_robot.atomic import atomic_path, write_json
 from pixio_robot.config import to_dict
-from pixio_robot.devices import pick_device
+from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
 from pixio_robot.viz import ScalarLog
 
@@ -162,14 +162,8 @@ def _check_resume(out: Path, cfg: TrainReconConfig) -> bool:
 
 
 def run_train(cfg: TrainReconConfig) -> int:
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        # Small heads run best on one thread when other jobs share the cores.
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _train(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainReconConfig) -> int:

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 import recon.train
 from pixio_robot.cli import main
+from pixio_robot.errors import PixioError
 from pixio_robot.viz import rrd_entities
 from recon.data import load_scenes
 from recon.losses import ReconLoss
@@ -263,7 +264,6 @@ def test_a_head_finds_its_encoder_beside_it_and_refuses_another(trained, tmp_pat
     import shutil
 
     from pixio_robot.checkpoints import sha256_file
-    from pixio_robot.errors import PixioError
     from recon.backbone import resolve_encoder
 
     bundle = tmp_path / "bundle"
@@ -274,7 +274,38 @@ def test_a_head_finds_its_encoder_beside_it_and_refuses_another(trained, tmp_pat
     # recorded at an absolute path that no longer exists: the file of that name beside the head is used
     encoder, found = resolve_encoder({"path": "/gone/small.safetensors", "sha256": sha}, bundle / "head.safetensors")
     assert found == sha and encoder.embed_dim == 128
+    # under another name too: any safetensors file beside the head with the recorded hash
+    (bundle / "small.safetensors").rename(bundle / "pixio_small.safetensors")
+    assert resolve_encoder({"path": "/gone/small.safetensors", "sha256": sha}, bundle / "head.safetensors")[1] == sha
     with pytest.raises(PixioError, match="is missing"):
         resolve_encoder({"path": "/gone/small.safetensors", "sha256": "0" * 64}, bundle / "head.safetensors")
+    (bundle / "pixio_small.safetensors").rename(bundle / "small.safetensors")
     with pytest.raises(PixioError, match="changed since the head was trained"):
         resolve_encoder({"path": str(bundle / "small.safetensors"), "sha256": "0" * 64}, bundle / "head.safetensors")
+
+
+def test_python_api_reconstructs_a_captured_scene_and_evaluates(data, trained, tmp_path):
+    """What `pixio-robot demo` calls: one loaded head, a scene folder to files, metrics as a dict."""
+    import open3d as o3d
+
+    from recon import Reconstructor, evaluate_checkpoint, reconstruct_to_files
+
+    rec = Reconstructor.from_checkpoint(trained / "model.safetensors", device="cpu")
+    scene = data / "test" / "scene_000000"
+    ply, rrd = tmp_path / "two.ply", tmp_path / "two.rrd"
+    summary = reconstruct_to_files(scene, rec, ply, rrd, views=2, intrinsics="scene", threads=1)
+    assert summary["views"] == 2 and summary["ply"] == ply and summary["rrd"] == rrd
+    assert len(o3d.io.read_point_cloud(str(ply)).points) == summary["points"] > 0
+    entities = rrd_entities(rrd)
+    assert "/world/cameras/view_001" in entities and "/world/cameras/view_002" not in entities
+    with pytest.raises(PixioError, match="exists"):  # nothing replaced without overwrite
+        reconstruct_to_files(scene, rec, ply, rrd, views=2)
+    with pytest.raises(PixioError, match="intrinsics=scene"):
+        reconstruct_to_files([scene / "rgb" / "000.png"], rec, tmp_path / "k.ply", intrinsics="scene")
+    assert not (tmp_path / "k.ply").exists()
+
+    results = evaluate_checkpoint(rec, data / "test", views=[2, 3], scenes=1, threads=1)
+    assert set(results) == {"2 views", "3 views"}
+    for row in results.values():
+        assert row["sets"] == row["scenes"] == 1
+        assert 0 <= row["pose_auc5"] <= 100 and np.isfinite(row["chamfer"]) and 0 <= row["fscore"] <= 100
