@@ -139,7 +139,6 @@ def _capture(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
 
 def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
-    from pixio_robot.bundled import bundled_path, is_bundled
     from pixio_robot.viz import cloud_snapshot
     from recon.data import read_scene
     from recon.evaluate import evaluate
@@ -147,8 +146,7 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
     folder = out / "reconstruction"
     folder.mkdir()
-    head = bundled_path(cfg.recon_head) if is_bundled(cfg.recon_head) else cfg.recon_head
-    rec = Reconstructor.from_checkpoint(head, device="cpu")
+    rec = Reconstructor.from_checkpoint(cfg.recon_head, device="cpu")
     scene = read_scene(done["scene"]["path"], rec.image_size)
     result = rec(list(scene.images))  # the images alone: cameras, depth and scale are predicted
     points = result.save_ply(folder / "scene.ply", outliers=True)

@@ -121,6 +121,11 @@ def cloud_snapshot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if len(points) > 100:  # a few far-off stray points would shrink the scene to a dot
+        lo, hi = np.percentile(points, [3, 97], axis=0)
+        margin = 0.1 * (hi - lo)
+        inside = np.all((points >= lo - margin) & (points <= hi + margin), axis=1)
+        points, colors = points[inside], np.asarray(colors)[inside]
     if len(points) > max_points:
         keep = np.random.default_rng(0).choice(len(points), max_points, replace=False)
         points, colors = points[keep], colors[keep]

@@ -44,7 +44,9 @@ class TrainReconConfig:
 
 @dataclass
 class EvalReconConfig:
-    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-recon run"})
+    checkpoint: str = field(
+        default="???", metadata={"help": "model.safetensors of a train-recon run, or recon_sim_vitn16 (bundled)"}
+    )
     data: list[str] = field(default_factory=list, metadata={"help": "held-out capture / scene folders"})
     views: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "views per set, one row each"})
     sets_per_scene: int = field(default=1, metadata={"help": "view sets drawn per scene"})
@@ -65,9 +67,11 @@ class EvalReconConfig:
 @dataclass
 class ReconCommandConfig:
     images: list[str] = field(default_factory=list, metadata={"help": "image files, or a folder (a scene's rgb/)"})
-    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-recon run"})
+    checkpoint: str = field(
+        default="???", metadata={"help": "model.safetensors of a train-recon run, or recon_sim_vitn16 (bundled)"}
+    )
     out: str = field(default="recon.ply", metadata={"help": "coloured point cloud (.ply)"})
-    rrd: str | None = field(default="recon.rrd", metadata={"help": "Rerun recording (.rrd); null: none"})
+    rrd: str | None = field(default="auto", metadata={"help": "Rerun recording (.rrd); auto: next to out=; null: none"})
     views: int | None = field(default=None, metadata={"help": "use the first N views only"})
     intrinsics: str | None = field(
         default=None, metadata={"help": "known K: .npy (3,3)/(V,3,3), an .npz with K, or scene (its cameras.npz)"}

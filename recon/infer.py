@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pixio_robot.atomic import atomic_path
+from pixio_robot.bundled import bundled_path, is_bundled
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
 from pixio_robot.images import list_images, read_image
@@ -164,6 +165,8 @@ class Reconstructor:
     ) -> Reconstructor:
         """The head in `checkpoint` (a run's model.safetensors) on the encoder it records (or
         `encoder`); `cache_dir` caches the tokens of scenes (evaluation), none for plain images."""
+        if is_bundled(checkpoint) and not os.path.exists(checkpoint):
+            checkpoint = bundled_path(checkpoint)  # e.g. recon_sim_vitn16, SHA-256 checked
         model, meta = ReconModel.load(checkpoint)
         if "encoder" not in meta:
             raise PixioError(f"{checkpoint}: no encoder recorded: was it written by train-recon?")
@@ -342,7 +345,7 @@ def run_recon(cfg: ReconCommandConfig) -> int:
         cfg.images,
         cfg.checkpoint,
         cfg.out,
-        cfg.rrd,
+        str(Path(cfg.out).with_suffix(".rrd")) if cfg.rrd == "auto" else cfg.rrd,
         views=cfg.views,
         intrinsics=cfg.intrinsics,
         conf_percentile=cfg.conf_percentile,

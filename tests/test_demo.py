@@ -58,7 +58,7 @@ def test_demo_outputs_read_back(demo_run):
     dataset = LeRobotDataset("local/demo", root=files["dataset"])
     assert dataset.num_episodes == 2
     frame = dataset[0]
-    assert frame["observation.images.front"].shape[-2:] == (128, 128)
+    assert frame["observation.images.corner2"].shape[-2:] == (128, 128)  # the MetaWorld camera
 
     cloud = o3d.io.read_point_cloud(files["point_cloud"])
     assert len(cloud.points) > 100 and len(cloud.colors) == len(cloud.points)
