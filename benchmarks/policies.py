@@ -106,7 +106,7 @@ def eval_rates(dataset: Path, encoder: str, episodes: int, rounds: int, tmp: Pat
             result = evaluate(run.best, seeds=seeds, workers=workers, progress=False)
             rates[workers].append(result["episodes_per_minute"])
             steps[workers] = sum(e["length"] for e in result["per_episode"])
-    return {"steps": steps, 1: statistics.median(rates[1]), 2: statistics.median(rates[2])}
+    return {"env": result["env_name"], "steps": steps, 1: statistics.median(rates[1]), 2: statistics.median(rates[2])}
 
 
 def main() -> int:
@@ -141,7 +141,7 @@ def main() -> int:
     print(f"| re-encoding augmented images every step (cache=off) | {train['images']:.1f} | 1.00x |")
     print(f"| reading the feature cache | {train['cache']:.0f} | {train['cache'] / train['images']:.0f}x |")
     if ev is not None:
-        print("\n| evaluation (push, policy above, one torch thread per process) | episodes/min | vs 1 process |")
+        print(f"\n| evaluation ({ev['env']}, policy above, 1 torch thread each) | episodes/min | vs 1 process |")
         print("|---|---|---|")
         for w in (1, 2):
             print(

@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path("/work/artifacts/policy_runs")
 SMALL_ENCODER = "/work/artifacts/encoder_small.safetensors"
-OWN_TASKS = {"push": "push", "pick_place": "pick_place"}
+OWN_TASKS = {"reach": "reach", "push": "push", "pick_place": "pick_place"}
 METAWORLD = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 TASKS = {**OWN_TASKS, **{f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}}
 ENCODERS = {
@@ -47,6 +47,7 @@ ENCODERS = {
 ENCODER_NAMES = {"a": "Pixio small, pretrained", "b": "same, random init", "c": "ResNet-18, random init"}
 HEADS = {
     "cortexbench": ["head=cortexbench"],
+    "spatial": ["head=spatial"],
     "chunking": [
         "head=chunking",
         "head.dim=128",
@@ -62,7 +63,7 @@ def is_metaworld(task: str) -> bool:
     return task.startswith("mw-")
 
 
-def commands(root: Path, task: str, encoder: str, head: str) -> list[tuple[Path, list[str]]]:
+def commands(root: Path, task: str, encoder: str, head: str, episodes: int) -> list[tuple[Path, list[str]]]:
     """(output that marks the step done, pixio-robot arguments) for one table cell."""
     data, run, result = (
         root / "data" / task,
@@ -74,7 +75,7 @@ def commands(root: Path, task: str, encoder: str, head: str) -> list[tuple[Path,
     epochs = 40 if (mw and head == "chunking") else 100
     train = ["train-policy", f"dataset={data}", *ENCODERS[encoder], *HEADS[head], f"epochs={epochs}"]
     train += ["batch_size=256", "seed=100", "eval_every=0", "threads=1", f"out={run}"]
-    evaluate = ["eval-policy", f"policy={run}/checkpoints/best", f"episodes={10 if mw else 20}", "workers=2"]
+    evaluate = ["eval-policy", f"policy={run}/checkpoints/best", f"episodes={episodes}", "workers=2"]
     evaluate += ["videos=2", "record=1", f"out={result}"] + (["time_limit=200"] if mw else [])
     return [
         (data / "meta/pixio_env.json", [*collect, "workers=2"]),
@@ -109,31 +110,32 @@ def cell(root: Path, task: str, encoder: str, head: str) -> dict | None:
 
 
 def table(root: Path) -> str:
-    cols = [(h, e) for h in HEADS for e in ENCODERS]
+    every = [(h, e) for h in HEADS for e in ENCODERS]
+    cols = [(h, e) for h, e in every if any(cell(root, t, e, h) for t in TASKS)] or every
     head = "| task | " + " | ".join(f"{h} ({e})" for h, e in cols) + " |"
     lines = [head, "|---" * (len(cols) + 1) + "|"]
 
     def fmt(r: dict | None) -> str:
         if r is None:
-            return "pending"
+            return "not run"
         lo, hi = r["ci95"]
-        return f"{r['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+        return f"{r['success_rate']:.0%} ({r['successes']}/{r['episodes']}) [{lo:.0%}, {hi:.0%}]"
 
     for task in OWN_TASKS:
-        lines.append(f"| {task} (20 ep.) | " + " | ".join(fmt(cell(root, task, e, h)) for h, e in cols) + " |")
+        lines.append(f"| {task} | " + " | ".join(fmt(cell(root, task, e, h)) for h, e in cols) + " |")
     averages = []
     for h, e in cols:
         rs = [cell(root, f"mw-{t}", e, h) for t in METAWORLD]
         if any(r is None for r in rs):
             done = [r for r in rs if r is not None]
-            averages.append(f"pending ({len(done)}/5 tasks)")
+            averages.append(f"not run ({len(done)}/5 tasks)" if done else "not run")
         else:
             averages.append(f"{sum(r['success_rate'] for r in rs) / len(rs):.0%}")
-    lines.append("| MetaWorld, 5-task average (5 x 10 ep.) | " + " | ".join(averages) + " |")
+    lines.append("| MetaWorld, 5-task average | " + " | ".join(averages) + " |")
     for t in METAWORLD:
         lines.append(f"| &nbsp;&nbsp;{t} | " + " | ".join(fmt(cell(root, f"mw-{t}", e, h)) for h, e in cols) + " |")
     legend = "; ".join(f"({k}) {v}" for k, v in ENCODER_NAMES.items())
-    return "\n".join(lines) + f"\n\nSuccess rate [95% Wilson interval]. Encoders: {legend}.\n"
+    return "\n".join(lines) + f"\n\nSuccess rate (successes/episodes) [95% Wilson interval]. Encoders: {legend}.\n"
 
 
 def main() -> int:
@@ -141,7 +143,8 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ",".join(TASKS))
     parser.add_argument("--encoders", default="c,b,a")
-    parser.add_argument("--heads", default="cortexbench,chunking")
+    parser.add_argument("--heads", default="cortexbench,chunking", help="comma-separated: " + ",".join(HEADS))
+    parser.add_argument("--episodes", type=int, help="evaluation episodes per cell (default 20; MetaWorld 10)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--table", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
@@ -152,7 +155,8 @@ def main() -> int:
                 continue
             for head in args.heads.split(","):
                 for task in args.tasks.split(","):
-                    for done, cmd in commands(args.root, task, encoder, head):
+                    episodes = args.episodes or (10 if is_metaworld(task) else 20)
+                    for done, cmd in commands(args.root, task, encoder, head, episodes):
                         if not run_step(done, cmd, args.root / "logs" / f"{task}-{head}-{encoder}.log", args.dry_run):
                             break
     text = table(args.root)

@@ -1,8 +1,9 @@
 """Behaviour-cloning policies on a frozen Pixio (or timm) encoder, evaluated in simulation.
 
-    from policies import TrainPolicyConfig, train_policy, evaluate
-    result = train_policy(TrainPolicyConfig(dataset="data/push", encoder="vits16", out="runs/push"))
-    print(evaluate(result.best, episodes_seeds := range(100_000, 100_050), workers=2)["success_rate"])
+    from policies import train_policy, eval_policy
+    run = train_policy(dataset="data/push", encoder="vits16", head="cortexbench", epochs=50, out="runs/push")
+    result = eval_policy(policy=str(run.best), episodes=50, workers=2, out="results/push")
+    print(result["success_rate"], result["ci95"], result["mean_length"])
 
 Commands: `pixio-robot train-policy`, `eval-policy`, `compare`. The policy is a LeRobot
 `PreTrainedPolicy` (type "pixio"): `PixioPolicy.from_pretrained(folder)` loads a checkpoint.
@@ -33,6 +34,7 @@ _LAZY = {
     "train_policy": "train",
     "TrainResult": "train",
     "evaluate": "evaluation",
+    "eval_policy": "evaluation",
     "EnvPolicy": "evaluation",
     "wilson_interval": "evaluation",
 }

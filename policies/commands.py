@@ -7,12 +7,14 @@ Kept free of torch and LeRobot so that `pixio-robot --help` answers at once. The
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 from pixio_robot.cli import Command
+from pixio_robot.errors import PixioError
 
 from .heads import HEAD_CONFIGS
 
@@ -82,6 +84,23 @@ class CompareConfig:
     results: list[str] = field(default_factory=list, metadata={"help": "result.json files (or their folders)"})
     out: str = field(default="compare.png", metadata={"help": "bar chart PNG (a .md table is written next to it)"})
     title: str | None = field(default=None, metadata={"help": "chart title"})
+
+
+def command_config(schema: type, cfg, options: dict):
+    """A command's config from a config object or keyword options (not both), for the
+    function form of a command (`train_policy(...)`, `eval_policy(...)`)."""
+    if cfg is not None and options:
+        raise TypeError("pass a config or keyword options, not both")
+    if cfg is None:
+        names = {f.name for f in dataclasses.fields(schema)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise PixioError(f"unknown option {unknown[0]!r}: options are {', '.join(sorted(names))}")
+        cfg = schema(**options)
+    missing = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) == "???"]
+    if missing:
+        raise PixioError(f"missing option {missing[0]}=...")
+    return cfg
 
 
 train_policy = Command(

@@ -8,7 +8,8 @@ seeds, which start at 0, and from the validation seeds train-policy uses, from 5
 parallel environment processes (`envs.run_episodes`: the result does not depend on how many).
 An episode succeeds when `info["is_success"]` is true at any step. Reported: the success rate
 with its 95% Wilson score interval, the mean episode length, per-episode seed, success,
-length and return. The scripted expert runs through the same code (`policy=expert`).
+length, return and final state (agent_pos after the last action). The scripted expert runs
+through the same code (`policy=expert`).
 
 Result folder (written whole, replacing an old one only with overwrite=true):
     result.json           the numbers above, the environment, the policy, timings
@@ -30,7 +31,7 @@ import numpy as np
 from pixio_robot.atomic import atomic_dir, atomic_path, write_json
 from pixio_robot.errors import PixioError
 
-from .commands import TEST_SEED, EvalPolicyConfig
+from .commands import TEST_SEED, EvalPolicyConfig, command_config
 
 FORMAT = "pixio_robot.policies.eval/1"
 
@@ -195,6 +196,7 @@ def evaluate(
                         "success": bool(ep.successes.any()),
                         "length": ep.length,
                         "return": float(ep.rewards.sum(dtype=np.float64)),
+                        "final_state": None if ep.final_state is None else [float(v) for v in ep.final_state],
                     }
                 )
                 if folder and i < videos and ep.images:
@@ -300,9 +302,14 @@ def write_mp4(path: Path, images: dict[str, np.ndarray], fps: int) -> None:
             container.mux(packet)
 
 
-def run(cfg: EvalPolicyConfig) -> int:
+def eval_policy(cfg: EvalPolicyConfig | None = None, **options) -> dict:
+    """`pixio-robot eval-policy` as a function: `cfg`, or its fields as keywords, e.g.
+    `eval_policy(policy="runs/push/checkpoints/best", episodes=20, workers=2, out="results/push")`.
+    Checks everything before it writes, runs with a progress bar (`progress=False`: none) and
+    returns the result dict that it also writes to `out`/result.json (see `summarise`)."""
     import envs
 
+    cfg = command_config(EvalPolicyConfig, cfg, options)
     if cfg.episodes < 1:
         raise PixioError(f"episodes={cfg.episodes}: run at least 1")
     if cfg.threads < 1:
@@ -328,7 +335,7 @@ def run(cfg: EvalPolicyConfig) -> int:
             raise PixioError(f"time_limit={cfg.time_limit}: use 1 or more steps")
         spec = spec.replace(time_limit=cfg.time_limit)
     seeds = range(cfg.seed, cfg.seed + cfg.episodes)
-    result = evaluate(
+    return evaluate(
         cfg.policy,
         spec,
         seeds,
@@ -341,11 +348,15 @@ def run(cfg: EvalPolicyConfig) -> int:
         cfg.progress,
         cfg.threads,
     )
+
+
+def run(cfg: EvalPolicyConfig) -> int:
+    result = eval_policy(cfg)
     lo, hi = result["ci95"]
     print(
         f"{result['label']} on {result['env_name']}: {result['successes']}/{result['episodes']} = "
         f"{result['success_rate']:.1%} success (95% CI {lo:.1%}-{hi:.1%}), mean length {result['mean_length']:.1f} "
-        f"steps, seeds {result['seeds'][0]}..{result['seeds'][1]}; {out / 'result.json'}"
+        f"steps, seeds {result['seeds'][0]}..{result['seeds'][1]}; {Path(cfg.out) / 'result.json'}"
     )
     return 0
 

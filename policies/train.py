@@ -45,7 +45,7 @@ from pixio_robot.viz import ScalarLog, rerun_recording
 
 from .backbones import load_backbone, weights_sha256
 from .cache import CacheKey, FeatureCache, ensure_cache
-from .commands import VALIDATION_SEED, TrainPolicyConfig
+from .commands import VALIDATION_SEED, TrainPolicyConfig, command_config
 from .configuration_cortexbench import CortexBenchConfig
 from .configuration_pixio import PixioConfig
 from .data import Demonstrations
@@ -109,12 +109,18 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
 # ---- the run ---------------------------------------------------------------------------------
 
 
-def train_policy(cfg: TrainPolicyConfig) -> TrainResult:
-    """Train as `cfg` says; see the module doc. Bad input raises PixioError before anything is
-    written."""
+def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult:
+    """`pixio-robot train-policy` as a function: `cfg`, or its fields as keywords, e.g.
+    `train_policy(dataset="data/push", encoder="vitn16", head="chunking", epochs=20, out="runs/push")`
+    (`head`: a name, a dict of head options with "name", or a head config). Trains as the
+    module doc says, with progress bars (`progress=False`: none); bad input raises PixioError
+    before anything is written. The run folder is `result.out`, the policy to evaluate
+    `result.best`."""
+    cfg = command_config(TrainPolicyConfig, cfg, options)
     started = time.perf_counter()
     out = Path(cfg.out)
-    hc = head_config(cfg.head if cfg.head is not None else {"name": "cortexbench"})
+    head = cfg.head if cfg.head is not None else "cortexbench"
+    hc = head_config({"name": head} if isinstance(head, str) else head)
     _check_options(cfg)
     config_dict = to_dict(cfg) | {"head": dataclasses.asdict(hc)}
     last_dir, best_dir = out / "checkpoints/last", out / "checkpoints/best"

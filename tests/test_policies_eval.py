@@ -64,11 +64,17 @@ def test_policy_evaluation_is_deterministic_and_independent_of_workers(policy, t
     two = evaluate(policy, seeds=seeds, workers=2, progress=False)
     assert one["per_episode"] == again["per_episode"] == two["per_episode"]
     assert one["env_name"] == "push" and one["label"] == "run/best"
+    # the final tool pose depends on every action: equal rows mean equal action sequences
+    finals = [e["final_state"] for e in one["per_episode"]]
+    assert len(finals[0]) == 5 and finals[0] != finals[1]
 
 
 def test_compare_writes_a_table_and_a_chart(policy, tmp_path, capsys):
+    from policies import eval_policy
+
     a, b = tmp_path / "policy", tmp_path / "expert"
-    assert main(["eval-policy", f"policy={policy}", "episodes=2", "videos=0", "record=0", f"out={a}"]) == 0
+    r = eval_policy(policy=str(policy), episodes=2, videos=0, record=0, out=str(a), progress=False)
+    assert r == result(a) and r["episodes"] == 2 and set(r) >= {"success_rate", "ci95", "mean_length"}
     assert main(["eval-policy", "policy=expert", "env=push", "episodes=2", "videos=0", "record=0", f"out={b}"]) == 0
     capsys.readouterr()
     assert main(["compare", str(a / "result.json"), str(b), f"out={tmp_path / 'chart.png'}"]) == 0

@@ -134,14 +134,17 @@ def test_saved_policy_reloads_to_identical_actions(dataset, tmp_path, head):
     from lerobot.configs import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    from policies import ChunkingConfig, CortexBenchConfig, SpatialConfig, TrainPolicyConfig, load_policy, train_policy
+    from policies import ChunkingConfig, TrainPolicyConfig, load_policy, train_policy
 
-    heads = {"cortexbench": CortexBenchConfig(), "spatial": SpatialConfig(), "chunking": ChunkingConfig(chunk_size=4)}
-    cfg = TrainPolicyConfig(
-        dataset=str(dataset), encoder="vitn16", head=heads[head], epochs=2, batch_size=32, out=str(tmp_path / "run")
-    )
-    cfg.progress = False
-    result = train_policy(cfg)
+    # the function forms: a config object, or its fields as keywords (a head by name or config)
+    if head == "chunking":
+        cfg = TrainPolicyConfig(dataset=str(dataset), encoder="vitn16", head=ChunkingConfig(chunk_size=4))
+        cfg.epochs, cfg.batch_size, cfg.out, cfg.progress = 2, 32, str(tmp_path / "run"), False
+        result = train_policy(cfg)
+    else:
+        kwargs = {"epochs": 2, "batch_size": 32, "out": str(tmp_path / "run"), "progress": False}
+        result = train_policy(dataset=str(dataset), encoder="vitn16", head=head, **kwargs)
+    assert json.loads((result.best / "config.json").read_text())["head"]["name"] == head
     seq = observations(dataset)
     ours = load_policy(result.best)
     reference = actions(ours, seq)
