@@ -106,7 +106,7 @@ def _evaluate(cfg: DemoConfig, out: Path, done: dict) -> dict:
         label=f"CortexBench head on {cfg.encoder}",
         progress=cfg.progress,
     )
-    write_bytes(folder / "success.png", bar_chart([result], title=f"pixio-robot demo: {cfg.task}"))
+    write_bytes(folder / "success.png", bar_chart([result], title=f"demo: {cfg.task}"))
     return {
         "path": str(folder / "result.json"),
         "success_rate": result["success_rate"],

@@ -368,9 +368,27 @@ class DemoWriter:
 
     def __exit__(self, *exc) -> None:
         # Also on errors and Ctrl-C: whatever episodes were saved are committed.
-        if self._ds is not None and self._ds.has_pending_frames():
-            self._ds.clear_episode_buffer()
+        if self._ds is not None:
+            buffer = self._ds.writer.episode_buffer if self._ds.writer is not None else None
+            if buffer is not None and "size" not in buffer:
+                self.abort()  # LeRobot's save_episode was cut off half-way (it pops "size" first)
+                return
+            if buffer is not None and buffer["size"] > 0:
+                self._ds.clear_episode_buffer()
         self.commit()
+
+    def abort(self) -> None:
+        """Drop the open segment, whose files may be half-written: close them, then roll back to
+        the last commit (a dataset that never had one is removed)."""
+        ds, self._ds = self._ds, None
+        with contextlib.suppress(Exception):  # closing what an interrupted write left open
+            ds.finalize()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        else:
+            recover(self.root)
+        self._in_segment = 0
 
 
 def _remove_empty_dirs(top: Path) -> None:
