@@ -132,8 +132,8 @@ def main() -> None:
         print(f"| {w} worker(s), after the first episode | {steady:.2f} | {steady / rates[1][1]:.2f}x |")
     if args.dataset:
         c1, c2 = collect_rate(1, args.episodes), collect_rate(2, args.episodes)
-        print(f"| collect command (LeRobot dataset, AV1 video), 1 worker | {c1:.2f} | 1.00x |")
-        print(f"| collect command (LeRobot dataset, AV1 video), 2 workers | {c2:.2f} | {c2 / c1:.2f}x |")
+        print(f"| collect command (LeRobot dataset, lossless H.264 video), 1 worker | {c1:.2f} | 1.00x |")
+        print(f"| collect command (LeRobot dataset, lossless H.264 video), 2 workers | {c2:.2f} | {c2 / c1:.2f}x |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (the other engineer shares these cores)")
 
 
