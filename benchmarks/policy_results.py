@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path("/work/artifacts/policy_runs")
-SMALL_ENCODER = "/work/artifacts/encoder_small.safetensors"
+ROOT = Path("outputs/policy_results")
+SMALL_ENCODER = "sim_vitn16"  # the bundled small Pixio (pixio_robot/weights/)
 OWN_TASKS = {"reach": "reach", "push": "push", "pick_place": "pick_place"}
 METAWORLD = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 TASKS = {**OWN_TASKS, **{f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}}
@@ -150,9 +150,6 @@ def main() -> int:
     args = parser.parse_args()
     if not args.table:
         for encoder in args.encoders.split(","):
-            if encoder in "ab" and not Path(SMALL_ENCODER).exists() and not args.dry_run:
-                print(f"encoder ({encoder}) needs {SMALL_ENCODER}: skipped until it exists", flush=True)
-                continue
             for head in args.heads.split(","):
                 for task in args.tasks.split(","):
                     episodes = args.episodes or (10 if is_metaworld(task) else 20)
