@@ -402,7 +402,7 @@ def _remove_empty_dirs(top: Path) -> None:
 
 
 def _quiet_encoders() -> None:
-    """The AV1 encoder and libav print banners per video, `datasets` a bar per episode: keep
+    """Video encoders and libav print banners per video, `datasets` a bar per episode: keep
     the terminal to our progress bar (errors still show)."""
     os.environ.setdefault("SVT_LOG", "1")
     with contextlib.suppress(Exception):
