@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixio_robot.atomic import write_bytes, write_json
+from pixio_robot.atomic import read_json, write_bytes, write_json
 from pixio_robot.errors import PixioError
 
 from .commands import DemoConfig
@@ -234,9 +234,7 @@ def _open(cfg: DemoConfig) -> tuple[Path, dict]:
     if out.exists() and not state_file.is_file() and (not out.is_dir() or any(out.iterdir())):
         raise PixioError(f"out={out} holds something other than a demo run: choose another folder")
     if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        if state.get("format") != FORMAT:
-            raise PixioError(f"{state_file} is not a demo state file: choose another out=")
+        state = read_json(state_file, FORMAT, "a demo state file", "choose another out=")
         if (out / "summary.json").is_file():
             raise PixioError(f"out={out} holds a finished demo run: choose another out= (nothing was changed)")
         if state["options"] != options:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pixio_robot.atomic import TMP_PREFIX, write_json
+from pixio_robot.atomic import TMP_PREFIX, read_json, write_json
 from pixio_robot.errors import PixioError
 
 from .registry import EnvSpec
@@ -165,13 +165,7 @@ def read_env_metadata(root: str | os.PathLike) -> dict:
     path = root / ENV_FILE
     if not path.is_file():
         raise PixioError(f"{root}: not a dataset recorded by pixio-robot (no {ENV_FILE})")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixioError(f"{path}: unreadable ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise PixioError(f"{path}: unknown format {meta.get('format')!r} (expected {FORMAT})")
-    return meta
+    return read_json(path, FORMAT, "the environment record of a pixio-robot dataset")
 
 
 def dataset_spec(root: str | os.PathLike) -> EnvSpec:

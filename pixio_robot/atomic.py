@@ -74,6 +74,23 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike, fmt: str, what: str, fix: str = "") -> dict:
+    """A JSON file the toolkit wrote, checked to carry `"format": fmt`; one clear error line
+    naming `what` it should be (and `fix`, what to do) otherwise."""
+    from .errors import PixioError
+
+    path = Path(path)
+    hint = f": {fix}" if fix else ""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PixioError(f"{path}: unreadable {what} ({e}){hint}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise PixioError(f"{path}: not {what} (format {found!r}, expected {fmt!r}){hint}")
+    return data
+
+
 def _fsync(path: Path) -> None:
     if path.is_dir():
         return

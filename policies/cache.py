@@ -22,7 +22,6 @@ run's is refused, never overwritten.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixio_robot.atomic import atomic_dir, write_json
+from pixio_robot.atomic import atomic_dir, read_json, write_json
 from pixio_robot.errors import PixioError
 from pixio_robot.extract import FeatureExtractor
 
@@ -91,13 +90,7 @@ def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixioError(f"{path}: unreadable feature-cache manifest ({e}): delete {folder}") from None
-    if manifest.get("format") != FORMAT:
-        raise PixioError(f"{path}: not a feature cache of this toolkit (format {manifest.get('format')!r})")
-    return manifest
+    return read_json(path, FORMAT, "a feature-cache manifest of this toolkit", f"delete {folder}")
 
 
 def check_key(folder: Path, manifest: dict, key: CacheKey) -> None:

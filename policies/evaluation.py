@@ -20,7 +20,6 @@ Result folder (written whole, replacing an old one only with overwrite=true):
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixio_robot.atomic import atomic_dir, atomic_path, write_json
+from pixio_robot.atomic import atomic_dir, atomic_path, read_json, write_json
 from pixio_robot.errors import PixioError
 
 from .commands import TEST_SEED, EvalPolicyConfig, command_config
@@ -367,10 +366,4 @@ def read_result(path: str | Path) -> dict:
         path = path / "result.json"
     if not path.is_file():
         raise PixioError(f"{path}: no such result file (eval-policy writes <out>/result.json)")
-    try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixioError(f"{path}: unreadable ({e})") from None
-    if result.get("format") != FORMAT:
-        raise PixioError(f"{path}: not an eval-policy result")
-    return result
+    return read_json(path, FORMAT, "an eval-policy result")
