@@ -7,9 +7,11 @@
    <= 15%) the median over neighbouring block pairs.
 2. Episodes/s of parallel expert rollouts with images (`envs.run_episodes`, what `collect` and
    evaluation use) for 1 and 2 workers (goal: 2 workers >= 1.7x one), with and without the
-   worker start-up; optionally (--dataset) the whole `collect` command, video encoding included.
+   worker start-up; 1 and 2 workers alternate for --rounds rounds and the medians are
+   reported (one episode takes ~0.2 s: a short run is mostly noise). Optionally (--dataset)
+   the whole `collect` command, video encoding included.
 
-    uv run python benchmarks/envs.py [--steps 50] [--reps 21] [--episodes 16] [--dataset]
+    uv run python benchmarks/envs.py [--steps 50] [--reps 21] [--episodes 48] [--rounds 3] [--dataset]
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=50, help="steps per timed block (x4 without camera)")
     ap.add_argument("--reps", type=int, default=21, help="timed blocks per loop")
-    ap.add_argument("--episodes", type=int, default=16)
+    ap.add_argument("--episodes", type=int, default=48, help="episodes per parallel-rollout run")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per worker count (alternating; medians)")
     ap.add_argument("--dataset", action="store_true", help="also time the full collect command")
     args = ap.parse_args()
     load0 = os.getloadavg()
@@ -126,7 +129,11 @@ def main() -> None:
 
     print("\n| parallel rollouts (pick_place expert, 128x128 front camera, images kept) | episodes/s | vs 1 worker |")
     print("|---|---|---|")
-    rates = {w: episode_rates(w, args.episodes) for w in (1, 2)}
+    runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    for _ in range(args.rounds):
+        for w in runs:
+            runs[w].append(episode_rates(w, args.episodes))
+    rates = {w: tuple(statistics.median(r[i] for r in rs) for i in (0, 1)) for w, rs in runs.items()}
     for w, (total, steady) in rates.items():
         print(f"| {w} worker(s), {args.episodes} episodes, with start-up | {total:.2f} | {total / rates[1][0]:.2f}x |")
         print(f"| {w} worker(s), after the first episode | {steady:.2f} | {steady / rates[1][1]:.2f}x |")
@@ -134,7 +141,7 @@ def main() -> None:
         c1, c2 = collect_rate(1, args.episodes), collect_rate(2, args.episodes)
         print(f"| collect command (LeRobot dataset, lossless H.264 video), 1 worker | {c1:.2f} | 1.00x |")
         print(f"| collect command (LeRobot dataset, lossless H.264 video), 2 workers | {c2:.2f} | {c2 / c1:.2f}x |")
-    print(f"\nload average after: {os.getloadavg()[0]:.2f} (the other engineer shares these cores)")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
