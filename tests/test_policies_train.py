@@ -252,3 +252,36 @@ def test_lerobot_dataset_windows_match_ours_and_train_the_policy(dataset):
     loss.backward()
     assert np.isfinite(info["loss"]) and policy.head.action_out.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in policy.backbone.parameters())
+
+
+def test_lerobot_trainer_trains_a_saved_policy_that_then_evaluates(dataset, tmp_path):
+    """LeRobot's own training loop (`lerobot-train`, through policies.lerobot_train) continues a
+    policy saved by train-policy: the head changes, the frozen encoder does not, and the
+    checkpoint it writes loads and runs in our evaluation."""
+    import subprocess
+    import sys
+
+    from policies import evaluate, load_policy, train_policy
+
+    start = train_policy(dataset=str(dataset), encoder="vitn16", epochs=1, batch_size=32, out=str(tmp_path / "run"))
+    args = [
+        f"--policy.path={start.last}",
+        "--policy.push_to_hub=false",
+        "--policy.device=cpu",
+        "--dataset.repo_id=local/push",
+        f"--dataset.root={dataset}",
+        "--steps=3",
+        "--batch_size=4",
+        "--num_workers=0",
+        "--save_freq=3",
+        "--wandb.enable=false",
+        f"--output_dir={tmp_path / 'lerobot'}",
+    ]
+    proc = subprocess.run([sys.executable, "-m", "policies.lerobot_train", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trained = tmp_path / "lerobot/checkpoints/000003/pretrained_model"
+    before, after = load_policy(start.last).state_dict(), load_policy(trained).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+    result = evaluate(trained, seeds=[100_000], progress=False)
+    assert result["episodes"] == 1 and result["env_name"] == "push"
