@@ -176,6 +176,7 @@ def evaluate(
     threads_before = torch.get_num_threads()  # an in-process worker changes this process's
     started = time.perf_counter()
     rows, files = [], {"videos": [], "recording": None}
+    first = None  # seconds until the first episode was in: the workers' start-up and one episode
     keep_images = out is not None and (videos > 0 or record > 0)
     with _result_folder(out) as folder:
         recording = _recording(folder / "episodes.rrd") if folder and record > 0 else None
@@ -207,6 +208,7 @@ def evaluate(
 
                     log_episode(rec, meta, i, ep.images, ep.states, ep.actions, ep.successes, frame)
                     frame += ep.length
+                first = first if first is not None else time.perf_counter() - started
                 bar.update(1)
                 bar.set_postfix(success=f"{sum(r['success'] for r in rows) / len(rows):.0%}")
         finally:
@@ -217,13 +219,16 @@ def evaluate(
                 recording.__exit__(None, None, None)
                 files["recording"] = "episodes.rrd"
         seconds = time.perf_counter() - started
-        result = summarise(rows, label, str(policy), spec, workers, seconds, files)
+        result = summarise(rows, label, str(policy), spec, workers, seconds, first, files)
         if folder:
             write_json(folder / "result.json", result)
     return result
 
 
-def summarise(rows: list[dict], label: str, policy: str, spec, workers: int, seconds: float, files: dict) -> dict:
+def summarise(
+    rows: list[dict], label: str, policy: str, spec, workers: int, seconds: float, first: float | None, files: dict
+) -> dict:
+    """The result dict; `seconds` for the whole run, `first` until the first episode was in."""
     n = len(rows)
     k = sum(r["success"] for r in rows)
     lo, hi = wilson_interval(k, n)
@@ -246,6 +251,9 @@ def summarise(rows: list[dict], label: str, policy: str, spec, workers: int, sec
         "workers": workers,
         "seconds": seconds,
         "episodes_per_minute": 60 * n / seconds if seconds > 0 else None,
+        "seconds_to_first_episode": first,
+        # the rate once running: without the start-up of the worker processes
+        "episodes_per_minute_after_first": 60 * (n - 1) / (seconds - first) if n > 1 and seconds > first else None,
         "files": files,
         "per_episode": rows,
     }

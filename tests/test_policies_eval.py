@@ -45,6 +45,7 @@ def test_scripted_expert_through_the_evaluation_code(tmp_path):
     lo, hi = r["ci95"]
     assert lo < r["success_rate"] <= hi
     assert [e["seed"] for e in r["per_episode"]] == list(range(100000, 100050))
+    assert 0 < r["seconds_to_first_episode"] < r["seconds"] and r["episodes_per_minute_after_first"] > 0
     first = r["per_episode"][0]
     assert r["files"]["videos"] == ["videos/seed_100000.mp4", "videos/seed_100001.mp4"]
     with av.open(str(out / r["files"]["videos"][0])) as video:
