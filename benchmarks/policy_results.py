@@ -21,7 +21,7 @@ Protocol (CortexBench's, scaled to 2 shared CPU cores; see the README for the re
   patch grid pooled to 4x4, chunk 20, temporal ensembling 0.01, AdamW 1e-4, batch 256),
   100 epochs on the own tasks, 40 on MetaWorld;
 - evaluation: the last checkpoint (no selection on validation rollouts), held-out seeds from
-  100000, 20 episodes per own task, 10 per MetaWorld task with a 200-step limit (the experts
+  100000, 50 episodes per own task, 10 per MetaWorld task with a 200-step limit (the experts
   need at most 152), 2 environment processes.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path("outputs/policy_results")
 SMALL_ENCODER = "sim_vitn16"  # the bundled small Pixio (pixio_robot/weights/)
-OWN_TASKS = {"reach": "reach", "push": "push", "pick_place": "pick_place"}
+OWN_TASKS = {"push": "push", "pick_place": "pick_place"}
 METAWORLD = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 TASKS = {**OWN_TASKS, **{f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}}
 ENCODERS = {
@@ -144,7 +144,7 @@ def main() -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ",".join(TASKS))
     parser.add_argument("--encoders", default="c,b,a")
     parser.add_argument("--heads", default="cortexbench,chunking", help="comma-separated: " + ",".join(HEADS))
-    parser.add_argument("--episodes", type=int, help="evaluation episodes per cell (default 20; MetaWorld 10)")
+    parser.add_argument("--episodes", type=int, help="evaluation episodes per cell (default 50; MetaWorld 10)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--table", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
@@ -152,7 +152,7 @@ def main() -> int:
         for encoder in args.encoders.split(","):
             for head in args.heads.split(","):
                 for task in args.tasks.split(","):
-                    episodes = args.episodes or (10 if is_metaworld(task) else 20)
+                    episodes = args.episodes or (10 if is_metaworld(task) else 50)
                     for done, cmd in commands(args.root, task, encoder, head, episodes):
                         if not run_step(done, cmd, args.root / "logs" / f"{task}-{head}-{encoder}.log", args.dry_run):
                             break
