@@ -190,6 +190,8 @@ def evaluate(
         bar = tqdm(total=len(seeds), desc=f"eval {spec.name}", unit="ep", disable=not progress, file=sys.stderr)
         try:
             for i, ep in enumerate(episodes):
+                if first is None:  # timed on arrival, before this process writes its video or recording
+                    first = time.perf_counter() - started
                 rows.append(
                     {
                         "seed": ep.seed,
@@ -208,7 +210,6 @@ def evaluate(
 
                     log_episode(rec, meta, i, ep.images, ep.states, ep.actions, ep.successes, frame)
                     frame += ep.length
-                first = first if first is not None else time.perf_counter() - started
                 bar.update(1)
                 bar.set_postfix(success=f"{sum(r['success'] for r in rows) / len(rows):.0%}")
         finally:
