@@ -115,7 +115,7 @@ def _evaluate(cfg: DemoConfig, out: Path, done: dict) -> dict:
         "mean_length": result["mean_length"],
         "chart": str(folder / "success.png"),
         "recording": str(folder / "episodes.rrd"),
-        "videos": [str(folder / v) for v in result.get("videos", [])],
+        "videos": [str(folder / v) for v in result["files"]["videos"]],
     }
 
 
@@ -213,6 +213,10 @@ def run(cfg: DemoConfig) -> int:
 
 
 def _check(cfg: DemoConfig) -> None:
+    """Refuse bad options before anything is written."""
+    from envs.registry import EnvSpec
+
+    EnvSpec.parse(cfg.task)  # an unknown task fails here, not in stage 1 after demo.json exists
     for name in ("demos", "epochs", "episodes", "workers"):
         if getattr(cfg, name) < 1:
             raise PixioError(f"{name}={getattr(cfg, name)}: use 1 or more")
@@ -224,10 +228,7 @@ def _open(cfg: DemoConfig) -> tuple[Path, dict]:
     """(out folder, state): a new folder, or the unfinished run of the same options in out=."""
     options = dataclasses.asdict(cfg) | {"out": None, "progress": None}
     if cfg.out is None:
-        root = Path("outputs/demo")
-        root.mkdir(parents=True, exist_ok=True)
-        n = 1 + max((int(p.name[4:]) for p in root.glob("run-*") if p.name[4:].isdigit()), default=0)
-        out = root / f"run-{n}"
+        out = _default_out(Path("outputs/demo"), options)
     else:
         out = Path(cfg.out)
     state_file = out / "demo.json"
@@ -237,17 +238,33 @@ def _open(cfg: DemoConfig) -> tuple[Path, dict]:
         state = read_json(state_file, FORMAT, "a demo state file", "choose another out=")
         if (out / "summary.json").is_file():
             raise PixioError(f"out={out} holds a finished demo run: choose another out= (nothing was changed)")
-        if state["options"] != options:
+        if state["options"] != options and state["done"]:  # with no stage finished there is nothing to keep
             changed = sorted(k for k in options if state["options"].get(k) != options[k])
             raise PixioError(
                 f"out={out} holds an unfinished demo run with other options ({', '.join(changed)}): "
                 "repeat its options to continue it, or choose another out="
             )
-        return out, state
+        if state["options"] == options:
+            return out, state
     out.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "options": options, "done": {}}
     write_json(state_file, state)
     return out, state
+
+
+def _default_out(root: Path, options: dict) -> Path:
+    """The newest outputs/demo/run-N when it is an unfinished run of these options (so that the
+    same command continues it), else the next free run-N."""
+    runs = sorted((int(p.name[4:]), p) for p in root.glob("run-*") if p.name[4:].isdigit())
+    if runs:
+        last = runs[-1][1]
+        try:
+            state = read_json(last / "demo.json", FORMAT, "a demo state file", "")
+        except PixioError:  # a foreign or broken folder: leave it alone
+            state = None
+        if state is not None and state["options"] == options and not (last / "summary.json").exists():
+            return last
+    return root / f"run-{runs[-1][0] + 1 if runs else 1}"
 
 
 def _remove(path: Path) -> None:

@@ -95,6 +95,12 @@ class EnvSpec:
         if unknown:
             allowed = [p for p in params if p not in ("self", "render_mode")]
             raise PixioError(f"unknown option {unknown[0]!r} for {env_id}: options are {', '.join(allowed)}")
+        if env_id == METAWORLD_ID and "task" in options:  # refused here, before any command writes a file
+            from .metaworld_env import metaworld_tasks
+
+            tasks = metaworld_tasks()
+            if str(options["task"]).removesuffix("-v3") not in tasks:
+                raise PixioError(f"unknown MetaWorld task {options['task']!r}: choose from {', '.join(tasks)}")
         kwargs = {
             k: _plain(options.get(k, p.default))
             for k, p in params.items()

@@ -2,12 +2,18 @@
 
 Everything the toolkit writes (checkpoints, features, results, recordings) goes through
 `atomic_path`: write to a temporary name in the same folder, flush it to disk, then rename.
-A crash or a kill leaves at most a stray `.tmp-*` file, which readers never look at.
+A crash or a kill leaves at most a stray `.tmp-*` file, which readers never look at and the
+next write of the same path removes.
+
+Temporary files get the permissions of an ordinary `open()` (0666 less the umask), not
+mkstemp's 0600: a run's weights and metadata must be readable by colleagues on a shared machine
+like the files written beside them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -17,12 +23,28 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete what a killed earlier write of `path` left (its `.tmp-<name>.*` siblings)."""
+    import shutil
+
+    for stale in path.parent.glob(f"{TMP_PREFIX}{glob.escape(path.name)}.*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success move it into place, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -44,7 +66,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())
     old = None
     try:
         yield tmp

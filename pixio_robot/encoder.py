@@ -20,6 +20,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -57,6 +58,14 @@ class BlockTokens:
     patches: torch.Tensor | None = None
     cls_raw: torch.Tensor | None = None
     patches_raw: torch.Tensor | None = None
+
+
+def run_block(block: nn.Module, x: torch.Tensor, checkpointing: bool, **kwargs) -> torch.Tensor:
+    """One transformer block; with `checkpointing` (and gradients on) its activations are not
+    kept but recomputed in the backward pass: memory per block drops to its input."""
+    if checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kwargs)
+    return block(x, **kwargs)
 
 
 class PixioViT(VisionTransformer):
@@ -180,8 +189,8 @@ class PixioViT(VisionTransformer):
 
     def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         x = self.embed(x)
-        for blk in self.blocks:
-            x = blk(x, attn_mask=attn_mask, is_causal=is_causal)
+        for blk in self.blocks:  # timm's set_grad_checkpointing(True) switches checkpointing on
+            x = run_block(blk, x, self.grad_checkpointing, attn_mask=attn_mask, is_causal=is_causal)
         return self.norm(x)
 
     # ---- features API ----------------------------------------------------------------------
@@ -226,7 +235,7 @@ class PixioViT(VisionTransformer):
         found: dict[int, BlockTokens] = {}
         t = self.embed(x)
         for i in range(max(idx) + 1):
-            t = self.blocks[i](t)
+            t = run_block(self.blocks[i], t, self.grad_checkpointing)
             if i not in wanted:
                 continue
             out = BlockTokens(block=i)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .atomic import atomic_path, write_bytes
+from .deps import open3d
 from .errors import PixioError
 
 
@@ -206,7 +207,7 @@ class ScalarLog:
 
 def ply_to_recording(ply: str | os.PathLike, rrd: str | os.PathLike) -> Path:
     """A point cloud file as a Rerun recording (points with their colours)."""
-    import open3d as o3d
+    o3d = open3d()
     import rerun as rr
 
     cloud = o3d.io.read_point_cloud(str(ply))

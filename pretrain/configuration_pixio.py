@@ -27,6 +27,9 @@ class ModelConfig:
     mask_ratio: float = field(default=0.75, metadata={"help": "fraction of cells masked, in (0, 1)"})
     norm_pix_loss: bool = field(default=True, metadata={"help": "normalise each target patch (mean/var)"})
     attention: str = field(default="auto", metadata={"help": "auto, fused (SDPA) or math; auto = math on CPU+bf16"})
+    grad_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute each block's activations in the backward pass (less memory)"}
+    )
     init: str | None = field(default=None, metadata={"help": "encoder checkpoint to start from (any layout)"})
 
     def check(self) -> None:

@@ -27,7 +27,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pixio_robot.encoder import PixioViT, create_encoder
+from pixio_robot.encoder import PixioViT, create_encoder, run_block
 
 from .configuration_pixio import ModelConfig
 
@@ -91,7 +91,7 @@ def encode_visible(encoder: PixioViT, images: torch.Tensor, ids_keep: torch.Tens
         tokens = encoder.embed(images)  # positions are added before the gather, so order is free
     x = torch.cat([tokens[:, :n], gather_tokens(tokens[:, n:], ids_keep)], dim=1)
     for blk in encoder.blocks:
-        x = blk(x)
+        x = run_block(blk, x, encoder.grad_checkpointing)
     return encoder.norm(x)
 
 
@@ -122,6 +122,7 @@ class PixioDecoder(nn.Module):
         )
         self.norm = norm(decoder_dim)
         self.pred = nn.Linear(decoder_dim, patch_size * patch_size * in_chans)
+        self.grad_checkpointing = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -148,7 +149,7 @@ class PixioDecoder(nn.Module):
         idx = torch.cat([_prefix_ids(b, n, ids_keep), ids_keep + n], 1)[..., None].expand(-1, -1, d)
         x = seq.scatter(1, idx, x.to(seq.dtype)) + self.pos_embed
         for blk in self.blocks:
-            x = blk(x)
+            x = run_block(blk, x, self.grad_checkpointing)
         # Only the masked patches are predicted: the rest of the sequence has no loss.
         x = gather_tokens(x, ids_mask + n)
         return self.pred(self.norm(x))
@@ -180,9 +181,15 @@ class PixioPretrainModel(nn.Module):
             cfg.decoder_heads,
             patch_size=self.patch_size,
         )
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
         h, w = self.grid_size
         self.num_cells = (h // cfg.mask_grid) * (w // cfg.mask_grid)
         self.n_keep_cells = int(self.num_cells * (1 - cfg.mask_ratio))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block, encoder and decoder (timm's switch name)."""
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
 
     def random_noise(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.rand(batch, self.num_cells, generator=generator, device=device)

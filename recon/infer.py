@@ -24,6 +24,7 @@ import torch
 
 from pixio_robot.atomic import atomic_path
 from pixio_robot.bundled import bundled_path, is_bundled
+from pixio_robot.deps import open3d
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
 from pixio_robot.images import list_images, read_image
@@ -88,7 +89,7 @@ class Reconstruction:
 
     def save_ply(self, path: str | os.PathLike, **cloud_options) -> int:
         """Write the coloured cloud through open3d (binary .ply, atomically); returns the count."""
-        import open3d as o3d
+        o3d = open3d()
 
         path = Path(path)
         if path.suffix.lower() != ".ply":
@@ -133,7 +134,7 @@ class Reconstruction:
 
 
 def _o3d_cloud(points: np.ndarray, colors: np.ndarray):
-    import open3d as o3d
+    o3d = open3d()
 
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, np.float64).reshape(-1, 3)))
     cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, np.float64).reshape(-1, 3) / 255.0)

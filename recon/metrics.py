@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from pixio_robot.deps import open3d
+
 METRICS = ("scale_rel", "points_rel", "points_tau", "pose_auc5", "depth_rel", "depth_tau")
 CLOUD_METRICS = ("chamfer", "fscore")
 LABELS = {
@@ -147,7 +149,7 @@ def cloud_metrics(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.01) -> 
     """Chamfer distance (mean of the two directions' mean nearest-neighbour distances) and
     F-score at `threshold` (harmonic mean of precision and recall within it) of two (N, 3)
     clouds, through open3d's nearest-neighbour search."""
-    import open3d as o3d
+    o3d = open3d()
 
     if len(pred) == 0 or len(gt) == 0:
         return {"chamfer": math.nan, "fscore": 0.0, "precision": 0.0, "recall": 0.0}

@@ -43,7 +43,9 @@ def demo_run(tmp_path_factory):
 
 def test_demo_outputs_read_back(demo_run):
     demo_run, _ = demo_run
-    import open3d as o3d
+    from pixio_robot.deps import open3d
+
+    o3d = open3d()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from pixio_robot.viz import rrd_entities

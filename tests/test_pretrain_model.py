@@ -180,3 +180,64 @@ def test_help_lists_nested_options_with_the_preset_values_and_the_presets(capsys
     out = capsys.readouterr().out
     assert "model.encoder" in out and "'vitn16'" in out and "schedule.warmup_steps" in out
     assert "presets (pretrain=NAME):" in out and "vith16" in out and "mae_vitn16_128" in out
+
+
+
+def _saved_bytes(fn) -> tuple[int, torch.Tensor]:
+    """Bytes of the tensors autograd keeps for the backward pass while `fn()` runs."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total, out
+
+
+def _count_block_calls(blocks) -> list:
+    calls = []
+    for blk in blocks:
+        blk.register_forward_pre_hook(lambda *a: calls.append(1))  # the recompute stops early: no post-hook
+    return calls
+
+
+def test_activation_checkpointing_recomputes_blocks_keeps_less_and_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = PixioPretrainModel(ModelConfig(image_size=64, mask_grid=1, **TINY))
+    images, noise = torch.randn(4, 3, 64, 64), model.random_noise(4, torch.Generator().manual_seed(1))
+    calls = _count_block_calls([*model.encoder.blocks, *model.decoder.blocks])
+    n_blocks = len(model.encoder.blocks) + len(model.decoder.blocks)
+
+    runs = {}
+    for on in (False, True):
+        model.set_grad_checkpointing(on)
+        model.zero_grad()
+        calls.clear()
+        saved, out = _saved_bytes(lambda: model(images, noise))
+        out.loss.backward()
+        runs[on] = (saved, len(calls), [p.grad.clone() for p in model.parameters()])
+    assert runs[False][1] == n_blocks  # one forward per block
+    assert runs[True][1] == 2 * n_blocks  # and each recomputed in the backward pass
+    assert runs[True][0] < 0.5 * runs[False][0]  # activations kept: block inputs only
+    for a, b in zip(runs[False][2], runs[True][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_checkpointing_option_and_timm_switch_reach_every_encoder_path():
+    model = PixioPretrainModel(ModelConfig(image_size=64, mask_grid=1, grad_checkpointing=True, **TINY))
+    assert model.encoder.grad_checkpointing and model.decoder.grad_checkpointing
+    encoder = create_encoder("vitn16", img_size=64)
+    encoder.set_grad_checkpointing(True)  # timm's own switch
+    calls = _count_block_calls(encoder.blocks)
+    x = torch.randn(2, 3, 64, 64)
+    for forward in (encoder.forward_features, lambda x: encoder.features(x, -1)[0].patches):
+        calls.clear()
+        forward(x).sum().backward()
+        assert len(calls) == 2 * len(encoder.blocks)
+    calls.clear()
+    with torch.no_grad():  # nothing to recompute without gradients
+        encoder(x)
+    assert len(calls) == len(encoder.blocks)

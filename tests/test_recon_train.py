@@ -180,7 +180,9 @@ def test_eval_recon_reports_the_six_metrics_and_cloud_scores(data, trained, caps
 
 
 def test_recon_writes_a_ply_and_a_recording(data, trained, tmp_path):
-    import open3d as o3d
+    from pixio_robot.deps import open3d
+
+    o3d = open3d()
 
     from recon import Reconstructor
 
@@ -286,7 +288,9 @@ def test_a_head_finds_its_encoder_beside_it_and_refuses_another(trained, tmp_pat
 
 def test_python_api_reconstructs_a_captured_scene_and_evaluates(data, trained, tmp_path):
     """What `pixio-robot demo` calls: one loaded head, a scene folder to files, metrics as a dict."""
-    import open3d as o3d
+    from pixio_robot.deps import open3d
+
+    o3d = open3d()
 
     from recon import Reconstructor, evaluate_checkpoint, reconstruct_to_files
 

@@ -61,7 +61,9 @@ def test_image_grid_and_png(tmp_path):
 
 
 def test_ply_becomes_a_recording(tmp_path):
-    import open3d as o3d
+    from pixio_robot.deps import open3d
+
+    o3d = open3d()
 
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.random.rand(20, 3)))
     cloud.colors = o3d.utility.Vector3dVector(np.random.rand(20, 3))
