@@ -70,14 +70,18 @@ def main() -> None:
     for setting in ("off", "on"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--one", setting]
         rows[setting] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    print(f"{platform.processor() or platform.machine()}, {args.encoder} + 512x{args.decoder_depth} decoder, "
-          f"{args.size}px, batch {args.batch}, float32 CPU")
+    print(
+        f"{platform.processor() or platform.machine()}, {args.encoder} + 512x{args.decoder_depth} decoder, "
+        f"{args.size}px, batch {args.batch}, float32 CPU"
+    )
     print("| checkpointing | activations kept (MiB) | peak RSS (MiB) | RSS growth in the step (MiB) |")
     print("|---|---|---|---|")
     for setting, r in rows.items():
         print(f"| {setting} | {r['saved_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f} |")
-    print(f"saved: {1 - rows['on']['saved_mib'] / rows['off']['saved_mib']:.0%} of the kept activations, "
-          f"{rows['off']['rss_growth_mib'] - rows['on']['rss_growth_mib']:.0f} MiB of the step's peak")
+    print(
+        f"saved: {1 - rows['on']['saved_mib'] / rows['off']['saved_mib']:.0%} of the kept activations, "
+        f"{rows['off']['rss_growth_mib'] - rows['on']['rss_growth_mib']:.0f} MiB of the step's peak"
+    )
 
 
 if __name__ == "__main__":

@@ -227,10 +227,7 @@ def _check(cfg: DemoConfig) -> None:
 def _open(cfg: DemoConfig) -> tuple[Path, dict]:
     """(out folder, state): a new folder, or the unfinished run of the same options in out=."""
     options = dataclasses.asdict(cfg) | {"out": None, "progress": None}
-    if cfg.out is None:
-        out = _default_out(Path("outputs/demo"), options)
-    else:
-        out = Path(cfg.out)
+    out = _default_out(Path("outputs/demo"), options) if cfg.out is None else Path(cfg.out)
     state_file = out / "demo.json"
     if out.exists() and not state_file.is_file() and (not out.is_dir() or any(out.iterdir())):
         raise PixioError(f"out={out} holds something other than a demo run: choose another folder")

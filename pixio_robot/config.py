@@ -21,7 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import PixioError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The repository's `configs/` in a checkout; an installed wheel carries the same folder inside
+# the package (pyproject's force-include), so commands work from any folder.
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 T = TypeVar("T")
 

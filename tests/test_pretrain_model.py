@@ -182,7 +182,6 @@ def test_help_lists_nested_options_with_the_preset_values_and_the_presets(capsys
     assert "presets (pretrain=NAME):" in out and "vith16" in out and "mae_vitn16_128" in out
 
 
-
 def _saved_bytes(fn) -> tuple[int, torch.Tensor]:
     """Bytes of the tensors autograd keeps for the backward pass while `fn()` runs."""
     total = 0
