@@ -61,7 +61,7 @@ def load_encoder(source: str | os.PathLike, size: str | None = None, **overrides
     state, config = read_checkpoint(path)
     if size is not None:
         config = _size_config(size) | {k: v for k, v in (config or {}).items() if k in ("img_size", "n_cls_tokens")}
-    arch = infer_architecture(state, config) | overrides
+    arch = infer_architecture(state, (config or {}) | overrides)
     model = PixioViT(**arch)
     _load_checked(model, to_timm_layout(state, arch["n_cls_tokens"]), path)
     return model.eval()
@@ -180,6 +180,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    if path.stat().st_size == 0:
+        raise PixioError(f"{path}: empty file (0 bytes): the download or copy did not finish: fetch it again")
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -193,7 +195,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             "tensors), which can run any code. If you trust it, re-save its state_dict with torch.save "
             "or convert it to safetensors"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as e:
         raise PixioError(
             f"{path}: truncated or corrupt checkpoint ({str(e).splitlines()[0]}): download it again"
         ) from e
@@ -294,26 +296,52 @@ def to_timm_layout(state: dict[str, torch.Tensor], n_cls_tokens: int) -> dict[st
 
 
 def infer_architecture(state: dict[str, torch.Tensor], config: dict | None = None) -> dict:
-    """Architecture from the official-layout tensors; a given config wins where it says more."""
+    """Architecture from the official-layout tensors; a given config wins where it says more.
+
+    Widths are the value most tensors agree on, so that one damaged tensor is reported as the
+    one that does not fit instead of making every other tensor look wrong. The head count is
+    not in the weights: it comes from the config, or from the named size of that width."""
     try:
         cls, pos, proj = state["cls_token"], state["pos_embed"], state["patch_embed.proj.weight"]
     except KeyError as e:
         raise PixioError(f"checkpoint lacks {e.args[0]}: it is not a complete Pixio encoder") from e
-    embed_dim, n_cls, patch = cls.shape[-1], cls.shape[1], proj.shape[-1]
+    config = config or {}
+    embed_dim = _embed_dim(state)
+    hidden = [t.shape[0] for k, t in state.items() if re.fullmatch(r"blocks\.\d+\.mlp\.fc1\.weight", k) and t.ndim == 2]
+    n_cls, patch = cls.shape[1], proj.shape[-1]
     depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
-    grid = round((pos.shape[1] - n_cls) ** 0.5)
-    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    grid = round(max(pos.shape[1] - n_cls, 0) ** 0.5)
     name = guess_size(embed_dim, depth) or guess_size(embed_dim)
+    if name is None and "num_heads" not in config:
+        raise PixioError(
+            f"width {embed_dim} is none of the named sizes, and the weights do not tell the number of "
+            "attention heads: pass num_heads= (load_encoder(..., num_heads=N), `convert ... num_heads=N`) "
+            "or use a checkpoint with its config (project .safetensors or a transformers folder)"
+        )
     arch = {
         "img_size": [grid * patch, grid * patch],
         "patch_size": patch,
         "embed_dim": embed_dim,
         "depth": depth,
-        "num_heads": PIXIO_SIZES[name][2] if name else max(1, embed_dim // 64),
-        "mlp_ratio": fc1.shape[0] / embed_dim if fc1 is not None else 4.0,
+        "num_heads": PIXIO_SIZES[name][2] if name else None,
+        "mlp_ratio": _most_common(hidden) / embed_dim if hidden else 4.0,
         "n_cls_tokens": n_cls,
     }
-    return arch | (config or {})
+    return arch | config
+
+
+def _embed_dim(state: dict[str, torch.Tensor]) -> int:
+    """The width most of the tensors that carry it agree on."""
+    norms = [t for k, t in state.items() if re.fullmatch(r"(blocks\.\d+\.norm[12]|norm)\.weight", k) and t.ndim]
+    widths = [t.shape[-1] for k in ("cls_token", "pos_embed") if (t := state.get(k)) is not None]
+    widths += [t.shape[0] for t in norms]
+    if (proj := state.get("patch_embed.proj.weight")) is not None:
+        widths.append(proj.shape[0])
+    return _most_common(widths)
+
+
+def _most_common(values: list[int]) -> int:
+    return max(set(values), key=values.count)
 
 
 def _load_checked(model: PixioViT, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -341,10 +369,9 @@ def _few(keys: list[str]) -> str:
 
 
 def _looks_like(state: dict[str, torch.Tensor]) -> str:
-    cls = state.get("cls_token")
-    if cls is None:
+    if state.get("cls_token") is None:
         return "the file has no class token: it is not a Pixio encoder"
-    d = cls.shape[-1]
+    d = _embed_dim(state)
     depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     name = guess_size(d, depth)
     what = f"pixio_{name}" if name else "no named size"

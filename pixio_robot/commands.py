@@ -30,6 +30,9 @@ class ConvertConfig:
     source: str = field(default="???", metadata={"help": "checkpoint: .pth, .safetensors or transformers folder"})
     out: str = field(default="???", metadata={"help": "output .safetensors file (project format)"})
     size: str | None = field(default=None, metadata={"help": "expected size (e.g. vitb16); inferred when unset"})
+    num_heads: int | None = field(
+        default=None, metadata={"help": "attention heads, for a width that is none of the named sizes"}
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
 
 

@@ -16,7 +16,8 @@ def convert(cfg: ConvertConfig) -> int:
         raise PixioError(f"{out} exists: pass overwrite=true to replace it, or choose another out=")
     if out.resolve() == Path(cfg.source).resolve():
         raise PixioError("out= is the source file: write the converted checkpoint elsewhere")
-    model = load_encoder(cfg.source, size=cfg.size)
+    heads = {} if cfg.num_heads is None else {"num_heads": cfg.num_heads}
+    model = load_encoder(cfg.source, size=cfg.size, **heads)
     save_encoder(model, out, metadata={"converted_from": Path(cfg.source).name})
     print(f"wrote {out} ({_describe(model)})")
     return 0

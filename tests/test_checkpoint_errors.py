@@ -102,3 +102,39 @@ def test_convert_command_and_failed_convert_changes_nothing(official_state, tmp_
 def test_save_encoder_needs_safetensors_name(tmp_path):
     with pytest.raises(PixioError, match=r"\.safetensors"):
         save_encoder(create_encoder("vitn16"), tmp_path / "x.pth")
+
+
+def test_empty_pth_is_named(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(PixioError, match=r"empty\.pth: empty file \(0 bytes\)"):
+        load_encoder(path)
+
+
+def test_unnamed_width_without_config_needs_num_heads(tmp_path):
+    torch.manual_seed(0)
+    model = create_encoder("vitn16", embed_dim=96, num_heads=3, depth=2)
+    path = write_pth(tmp_path / "w96.pth", to_official_layout(model.state_dict()))
+    with pytest.raises(PixioError, match=r"width 96 is none of the named sizes.*pass num_heads="):
+        load_encoder(path)
+    loaded = load_encoder(path, num_heads=3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    out = tmp_path / "w96.safetensors"
+    assert main(["convert", str(path), f"out={out}"]) == 2 and not out.exists()
+    assert main(["convert", str(path), f"out={out}", "num_heads=3"]) == 0
+    assert load_encoder(out).config["num_heads"] == 3  # the project format keeps it
+
+
+@pytest.mark.parametrize("bad", ["cls_token", "blocks.3.norm1.weight", "blocks.1.mlp.fc1.weight"])
+def test_one_misshaped_tensor_is_the_one_reported(official_state, tmp_path, bad):
+    state = dict(official_state)
+    t = state[bad]
+    state[bad] = (
+        torch.zeros(*t.shape[:-1], t.shape[-1] + 4) if bad == "cls_token" else torch.zeros(t.shape[0] + 4, *t.shape[1:])
+    )
+    # the class tokens are split in two tensors (cls_token + reg_token) in timm's layout
+    count = 2 if bad == "cls_token" else 1
+    with pytest.raises(PixioError, match=rf"{count} wrongly shaped \({bad}.*embed_dim 128, 6 blocks"):
+        load_encoder(write_pth(tmp_path / "x.pth", state))
