@@ -3,7 +3,7 @@
 Encoder input: the patch tokens of the last `history` frames (projected to `dim`, plus a
 learned position per patch and per frame) and one state token. The decoder's `chunk_size`
 learned queries attend to the encoder's output and each reads out one future action. At
-inference `TemporalEnsembler` averages every chunk's prediction for the current step.
+inference LeRobot's `ACTTemporalEnsembler` averages every chunk's prediction for the current step.
 """
 
 from __future__ import annotations
@@ -67,34 +67,3 @@ class ChunkingHead(nn.Module):
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         return masked_loss((pred - target).abs(), pad)
-
-
-class TemporalEnsembler:
-    """ACT's temporal ensembling, online: the action for step t is the average of every chunk's
-    prediction for t, chunk i (oldest first) weighted exp(-coeff * i)."""
-
-    def __init__(self, coeff: float, chunk_size: int):
-        self.weights = torch.exp(-coeff * torch.arange(chunk_size, dtype=torch.float64))
-        self.cumulative = torch.cumsum(self.weights, 0)
-        self.reset()
-
-    def reset(self) -> None:
-        self.average: torch.Tensor | None = None  # (B, k', A): running averages for steps t..t+k'-1
-        self.count: torch.Tensor | None = None  # (k',): chunks averaged into each
-
-    def update(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Add the chunk predicted at this step (B, k, A); return this step's action (B, A)."""
-        chunk = chunk.double()
-        if self.average is None:
-            self.average, self.count = chunk, torch.ones(chunk.shape[1], dtype=torch.long)
-        else:
-            n = self.count
-            old, new = self.cumulative[n - 1], self.weights[n]
-            overlap = (self.average * old[:, None] + chunk[:, :-1] * new[:, None]) / self.cumulative[n][:, None]
-            self.average = torch.cat([overlap, chunk[:, -1:]], dim=1)
-            self.count = torch.cat([n + 1, n.new_ones(1)])
-        action = self.average[:, 0]
-        self.average, self.count = self.average[:, 1:], self.count[1:]
-        if self.average.shape[1] == 0:  # chunk_size 1: nothing carries over
-            self.average = self.count = None
-        return action.float()

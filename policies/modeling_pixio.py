@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lerobot.policies.act.modeling_act import ACTTemporalEnsembler
 from lerobot.policies.pretrained import PreTrainedPolicy
 from torch import Tensor
 
@@ -38,7 +39,6 @@ from pixio_robot.extract import FeatureExtractor
 from .backbones import build_backbone
 from .configuration_pixio import PixioConfig
 from .heads import head_inputs, make_head
-from .modeling_chunking import TemporalEnsembler
 
 MIN_STD = 1e-2  # a constant dimension (e.g. a gripper that never opens) must not blow up
 
@@ -170,7 +170,8 @@ class PixioPolicy(PreTrainedPolicy):
         self._history: deque[dict[str, Tensor]] = deque(maxlen=hc.history)
         self._queue: deque[Tensor] = deque()
         coeff = getattr(hc, "temporal_ensemble_coeff", None)
-        self._ensembler = TemporalEnsembler(coeff, hc.chunk_size) if coeff is not None and hc.chunk_size > 1 else None
+        # LeRobot's own ACT ensembler: it follows the chunk's device, so CUDA evaluation works
+        self._ensembler = ACTTemporalEnsembler(coeff, hc.chunk_size) if coeff is not None and hc.chunk_size > 1 else None
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
