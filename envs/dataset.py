@@ -22,8 +22,6 @@ left half-made.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import shutil
 import uuid
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pixio_robot import journal
 from pixio_robot.atomic import TMP_PREFIX, read_json, write_json
 from pixio_robot.errors import PixioError
 
@@ -39,8 +38,6 @@ from .registry import EnvSpec
 from .runner import Episode
 
 ENV_FILE = "meta/pixio_env.json"
-JOURNAL = "meta/.pixio_journal.json"
-BACKUP = "meta/.pixio_backup"
 REWRITTEN = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet", ENV_FILE)  # changed in place
 FORMAT = "pixio_robot.envs.dataset/1"
 # Camera videos: lossless H.264 in full-resolution colour (4:4:4). LeRobot's default (AV1,
@@ -186,38 +183,9 @@ def load_dataset(root: str | os.PathLike, **kwargs):
 # ---- segments and their roll-back ---------------------------------------------------------
 
 
-def _files(root: Path) -> list[str]:
-    skip = (JOURNAL, BACKUP)
-    return sorted(
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and not str(p.relative_to(root)).startswith(skip)
-    )
-
-
 def recover(root: Path) -> bool:
     """Roll back a segment that was interrupted by a hard kill; True if there was one."""
-    journal = root / JOURNAL
-    if not journal.is_file():
-        return False
-    keep = set(json.loads(journal.read_text())["files"])
-    for rel in _files(root):
-        if rel not in keep:
-            (root / rel).unlink()
-    backup = root / BACKUP
-    for rel in REWRITTEN:
-        saved = backup / rel.replace("/", "__")
-        if saved.is_file():
-            tmp = root / f"{rel}.restore"
-            shutil.copy2(saved, tmp)
-            os.replace(tmp, root / rel)
-    for d in root.iterdir():
-        if d.is_dir() and d != backup:
-            _remove_empty_dirs(d)
-    journal.unlink()
-    shutil.rmtree(backup, ignore_errors=True)
-    logging.getLogger(__name__).warning("%s: rolled back an interrupted recording segment", root)
-    return True
+    return journal.rollback(root)
 
 
 class DemoWriter:
@@ -311,14 +279,13 @@ class DemoWriter:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         if inspect_path(self.root) == "ours":
-            backup = self.root / BACKUP
-            shutil.rmtree(backup, ignore_errors=True)
-            backup.mkdir(parents=True)
-            for rel in REWRITTEN:
-                if (self.root / rel).is_file():
-                    shutil.copy2(self.root / rel, backup / rel.replace("/", "__"))
-            write_json(self.root / JOURNAL, {"files": _files(self.root)})  # from here on, rollback-able
-            self._ds = LeRobotDataset.resume(self.meta["repo_id"], root=self.root, video_backend=video_backend())
+            journal.begin(self.root, REWRITTEN)  # from here on, rollback-able
+            self._ds = LeRobotDataset.resume(
+                self.meta["repo_id"],
+                root=self.root,
+                video_backend=video_backend(),
+                rgb_encoder=RGBEncoderConfig(**VIDEO_CODEC),  # every segment lossless, not only the first
+            )
         else:
             self._staging = self.root.parent / f"{TMP_PREFIX}{self.root.name}-{uuid.uuid4().hex[:8]}"
             self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -340,7 +307,7 @@ class DemoWriter:
             return
         ds, self._ds = self._ds, None
         ds.finalize()
-        _remove_empty_dirs((self._staging or self.root) / "images")  # LeRobot's frame staging area
+        journal.remove_empty_dirs((self._staging or self.root) / "images")  # LeRobot's frame staging area
         if self._staging is not None:
             if self._in_segment == 0:
                 shutil.rmtree(self._staging)
@@ -350,8 +317,7 @@ class DemoWriter:
             self._staging = None
         else:
             write_json(self.root / ENV_FILE, self.meta)
-            (self.root / JOURNAL).unlink()
-            shutil.rmtree(self.root / BACKUP, ignore_errors=True)
+            journal.end(self.root)
         self._in_segment = 0
 
     def close(self) -> None:
@@ -383,16 +349,6 @@ class DemoWriter:
         else:
             recover(self.root)
         self._in_segment = 0
-
-
-def _remove_empty_dirs(top: Path) -> None:
-    if not top.is_dir():
-        return
-    for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        if not any(d.iterdir()):
-            d.rmdir()
-    if not any(top.iterdir()):
-        top.rmdir()
 
 
 def _quiet_encoders() -> None:

@@ -130,7 +130,10 @@ class LeRobotFrames:
     def __init__(self, root: Path, cameras: list[str], stride: int = 1):
         from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
+        from pixio_robot.journal import rollback
+
         self.root = root
+        rollback(root)  # a recording killed mid-segment: back to its last complete state
         try:
             meta = LeRobotDatasetMetadata(f"local/{root.name}", root=root)
         except Exception as e:

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import envs
-from envs.dataset import ENV_FILE, JOURNAL, dataset_spec, load_dataset, read_env_metadata, video_backend
+from envs.dataset import ENV_FILE, VIDEO_CODEC, dataset_spec, load_dataset, read_env_metadata, video_backend
 from envs.experts import make_expert
 from envs.runner import rollout, run_episodes
 from pixio_robot.cli import main
 from pixio_robot.errors import PixioError
+from pixio_robot.journal import JOURNAL
 from pixio_robot.viz import rrd_entities
 
 COLLECT = ["collect", "env=push", "cameras=[front,wrist]", "image_size=48", "progress=false"]
@@ -179,7 +180,13 @@ def test_a_hard_kill_loses_only_the_unfinished_segment(tmp_path):
             proc.kill()
     committed = json.loads((root / ENV_FILE).read_text())["episodes"]
     assert len(committed) >= 3 and len(committed) % 3 == 0
-    ds = load_dataset(root)  # rolls the interrupted segment back
+    # pre-training's reader rolls the interrupted segment back too, and reads the frames
+    from pretrain.data import LeRobotFrames
+
+    frames = LeRobotFrames(root, [])
+    assert not (root / JOURNAL).exists() and len(frames) == sum(e["length"] for e in committed)
+    frames.read(len(frames) - 1)
+    ds = load_dataset(root)
     assert not (root / JOURNAL).exists()
     assert ds.num_episodes == len(committed)
     ds = lerobot(root)  # and lerobot reads it directly
@@ -227,3 +234,21 @@ def test_any_policy_runs_through_the_same_runner():
     assert isinstance(made[0], envs.Policy) and made[0].resets == [7, 8]
     assert [e.length for e in episodes] == [5, 5] and not any(e.success for e in episodes)
     assert episodes[0].images["top"].shape == (5, 32, 32, 3)
+
+
+def test_every_segment_is_written_lossless(tmp_path):
+    import av
+
+    root = tmp_path / "reach"
+    args = ["collect", "env=reach", "cameras=[front]", "image_size=32", "commit_every=1", "progress=false"]
+    assert main([*args, "episodes=2", f"out={root}"]) == 0
+    assert main([*args, "episodes=2", f"out={root}", "append=true"]) == 0  # a resumed dataset
+    videos = sorted(root.glob("videos/**/*.mp4"))
+    assert videos
+    for video in videos:
+        with av.open(str(video)) as f:
+            stream = f.streams.video[0]
+            assert (stream.codec_context.name, stream.codec_context.pix_fmt) == (
+                VIDEO_CODEC["vcodec"],
+                VIDEO_CODEC["pix_fmt"],
+            ), video

@@ -1,0 +1,40 @@
+"""Atomic writes: permissions like an ordinary write, and no leftovers of killed writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from pixio_robot.atomic import atomic_dir, atomic_path, write_bytes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_bytes(tmp_path / "a.bin", b"x")
+        with atomic_dir(tmp_path / "run") as tmp:
+            (tmp / "w.bin").write_bytes(b"y")
+        with open(tmp_path / "plain.bin", "wb") as f:  # what an ordinary write gets
+            f.write(b"z")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.bin") == mode(tmp_path / "plain.bin") == 0o666 & ~umask
+    assert mode(tmp_path / "run") == 0o777 & ~umask
+
+
+def test_next_write_removes_what_a_killed_write_left(tmp_path):
+    # what SIGKILL during a write of `last` (a folder) and `model.bin` (a file) leaves behind
+    (tmp_path / ".tmp-last.abc123").mkdir()
+    (tmp_path / ".tmp-last.abc123" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".tmp-last.old-12345678").mkdir()
+    (tmp_path / ".tmp-model.bin.xyz").write_bytes(b"half")
+    (tmp_path / ".tmp-lastly.keep").write_bytes(b"another path's")  # not a write of `last`
+    with atomic_dir(tmp_path / "last") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"whole")
+    with atomic_path(tmp_path / "model.bin") as tmp:
+        tmp.write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-lastly.keep", "last", "model.bin"]
