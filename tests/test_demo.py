@@ -1,7 +1,9 @@
 """`pixio-robot demo` at its smallest settings: every output exists and reads back with the
 library that owns its format; interrupted stages leave nothing behind; no clobbering."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,6 +71,7 @@ def test_demo_outputs_read_back(demo_run):
 
     for key in ("points_rel", "depth_rel", "pose_auc5", "chamfer", "fscore"):
         assert np.isfinite(summary["reconstruction"][key]), key
+    assert len(files["videos"]) == 2 and all(Path(v).is_file() for v in files["videos"])
     for png in (files["success_chart"], files["loss_plot"]):
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -100,3 +103,34 @@ def test_unfinished_run_with_other_options_is_refused(tmp_path, capsys):
     assert main(["demo", f"out={out}", *SMALL]) == 2
     assert "holds something other than a demo run" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_unknown_task_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["demo", f"out={out}", "task=metaworld/fly", *SMALL]) == 2
+    assert "unknown MetaWorld task 'fly'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_run_with_no_finished_stage_takes_the_new_options(tmp_path):
+    from demo.commands import DemoConfig
+    from demo.pipeline import _open
+
+    out = tmp_path / "run"
+    _open(DemoConfig(out=str(out), task="reach"))  # as a run that failed in its first stage leaves it
+    _, state = _open(DemoConfig(out=str(out), task="push"))
+    assert state["options"]["task"] == "push" and state["done"] == {}
+
+
+def test_the_default_folder_continues_the_newest_unfinished_run(tmp_path, monkeypatch):
+    from demo.commands import DemoConfig
+    from demo.pipeline import _open
+
+    monkeypatch.chdir(tmp_path)
+    cfg = DemoConfig()
+    first, state = _open(cfg)
+    assert first == Path("outputs/demo/run-1")
+    assert _open(cfg)[0] == first  # the same command again: the same run
+    assert _open(dataclasses.replace(cfg, demos=3))[0] == Path("outputs/demo/run-2")  # other options: a new one
+    (Path("outputs/demo/run-2") / "summary.json").write_text("{}")  # finished
+    assert _open(dataclasses.replace(cfg, demos=3))[0] == Path("outputs/demo/run-3")
