@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from lerobot.policies.act.modeling_act import ACTTemporalEnsembler
 from lerobot.policies.pretrained import PreTrainedPolicy
+from safetensors import SafetensorError
 from torch import Tensor
 
 from pixio_robot.errors import PixioError
@@ -254,6 +255,11 @@ def load_policy(folder: str | Path, device: str = "cpu") -> PixioPolicy:
     with contextlib.redirect_stdout(io.StringIO()):  # LeRobot prints "Loading weights from local directory"
         try:
             policy = PixioPolicy.from_pretrained(folder, config=config, strict=True)
+        except SafetensorError as e:
+            raise PixioError(
+                f"policy={folder}: model.safetensors is truncated or corrupt ({e}): train it again or use "
+                "another checkpoint (checkpoints/best, checkpoints/last)"
+            ) from None
         except RuntimeError as e:
             raise PixioError(f"policy={folder}: weights do not fit its config ({str(e).splitlines()[0]})") from None
     return policy

@@ -14,6 +14,7 @@ Run folder:
     metrics.csv             per epoch: loss, learning rate, samples/s, validation success
     training.rrd            the same scalars as a Rerun recording (per training session)
     checkpoints/last/       LeRobot pretrained folder + training_state.safetensors (optimiser)
+    checkpoints/previous/   the checkpoint before last (a resume falls back to it if last is damaged)
     checkpoints/best/       the best evaluated checkpoint (= last when nothing was evaluated)
     summary.json            what the run did: epochs, losses, evaluations, cache, timings
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -54,7 +56,8 @@ from .modeling_pixio import PixioPolicy, save_policy
 
 TRAIN_STATE = "training_state.safetensors"
 # Options that may change when a run is resumed; every other one must match.
-RESUMABLE = {"epochs", "resume", "progress", "eval_workers", "device", "save_every", "threads"}
+# `out` may change: a run folder that was moved or copied resumes where it now is.
+RESUMABLE = {"epochs", "resume", "progress", "eval_workers", "device", "save_every", "threads", "out"}
 
 
 @dataclass
@@ -124,7 +127,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     _check_options(cfg)
     config_dict = to_dict(cfg) | {"head": dataclasses.asdict(hc)}
     last_dir, best_dir = out / "checkpoints/last", out / "checkpoints/best"
-    resumed = _check_out(out, cfg, config_dict, last_dir)
+    resumed = _check_out(out, cfg, config_dict, _resumable(out))
 
     demos = Demonstrations.load(cfg.dataset, cfg.camera)
     device = pick_device(cfg.device)
@@ -148,7 +151,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
 
     state = {"epoch": 0, "step": 0, "best_success": None, "best_epoch": None, "losses": []}
     if resumed:
-        state = _load_training_state(last_dir, policy, optimizer, pconfig)
+        state = _load_training_state(_resumable(out), policy, optimizer, pconfig)
     else:  # every check has passed: only now is anything written to out=
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", config_dict)
@@ -329,16 +332,24 @@ def _check_options(cfg: TrainPolicyConfig) -> None:
         raise PixioError(f"cache_dtype={cfg.cache_dtype!r}: use float16 or float32")
 
 
-def _check_out(out: Path, cfg: TrainPolicyConfig, config_dict: dict, last_dir: Path) -> bool:
+def _resumable(out: Path) -> list[Path]:
+    """The checkpoints a resume may start from, newest first: `last`, and `previous` (the one
+    before it, kept so that a damaged `last` costs `save_every` epochs, not the run)."""
+    return [d for d in (out / "checkpoints/last", out / "checkpoints/previous") if (d / TRAIN_STATE).is_file()]
+
+
+def _check_out(out: Path, cfg: TrainPolicyConfig, config_dict: dict, checkpoints: list[Path]) -> bool:
     """True when resuming; refuses an occupied folder otherwise (nothing is touched)."""
     occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if not cfg.resume:
         if occupied:
             raise PixioError(f"out={out} is not empty: pass resume=true to continue that run, or choose another out=")
         return False
-    if not (last_dir / TRAIN_STATE).is_file():
+    if not checkpoints:
         if occupied:
-            raise PixioError(f"out={out} has no checkpoint to resume from ({last_dir}): start a new run elsewhere")
+            raise PixioError(
+                f"out={out} has no checkpoint to resume from ({out / 'checkpoints/last'}): start a new run elsewhere"
+            )
         return False  # nothing to resume: a fresh run
     saved = json.loads((out / "train_config.json").read_text())
     for key in sorted(set(saved) | set(config_dict)):
@@ -351,6 +362,13 @@ def _check_out(out: Path, cfg: TrainPolicyConfig, config_dict: dict, last_dir: P
 
 
 def _save(policy: PixioPolicy, optimizer: torch.optim.Optimizer, state: dict, folder: Path) -> None:
+    """Write `folder` (checkpoints/last); the checkpoint it replaces becomes checkpoints/previous.
+    A kill at any point leaves one of the two whole."""
+    if (folder / TRAIN_STATE).is_file():
+        previous = folder.parent / "previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder, previous)
+
     def write_state(path: Path) -> None:
         opt = optimizer.state_dict()
         tensors = {
@@ -366,23 +384,39 @@ def _save(policy: PixioPolicy, optimizer: torch.optim.Optimizer, state: dict, fo
 
 
 def _load_training_state(
-    folder: Path, policy: PixioPolicy, optimizer: torch.optim.Optimizer, config: PixioConfig
+    checkpoints: list[Path], policy: PixioPolicy, optimizer: torch.optim.Optimizer, config: PixioConfig
 ) -> dict:
+    """Restore from the newest readable checkpoint (a damaged one is named and skipped)."""
+    from safetensors import SafetensorError
+
+    for folder in checkpoints:
+        saved = json.loads((folder / "config.json").read_text())
+        if saved.get("encoder_sha256") != config.encoder_sha256:
+            raise PixioError(f"cannot resume {folder}: it was trained on another encoder's features")
+        try:
+            return _read_training_state(folder, policy, optimizer)
+        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            print(f"train-policy: warning: {folder} is unreadable ({e}); trying an older checkpoint", file=sys.stderr)
+    raise PixioError(
+        f"cannot resume: no readable checkpoint in {checkpoints[0].parent}: start a new run (another out=)"
+    )
+
+
+def _read_training_state(folder: Path, policy: PixioPolicy, optimizer: torch.optim.Optimizer) -> dict:
     from safetensors import safe_open
 
-    saved = json.loads((folder / "config.json").read_text())
-    if saved.get("encoder_sha256") != config.encoder_sha256:
-        raise PixioError(f"cannot resume {folder}: it was trained on another encoder's features")
-    policy.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model = load_file(str(folder / "model.safetensors"))
     tensors = load_file(str(folder / TRAIN_STATE))
     with safe_open(str(folder / TRAIN_STATE), framework="pt") as f:
         meta = f.metadata()
+    training = json.loads(meta["training"])
     opt_state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, i, name = key.split(".", 2)
         opt_state.setdefault(int(i), {})[name] = value
+    policy.load_state_dict(model)  # only once every file has been read whole
     optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
-    return json.loads(meta["training"])
+    return training
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:

@@ -178,6 +178,39 @@ def test_resumed_run_matches_the_uninterrupted_one(dataset, tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
+def test_a_moved_run_resumes_and_a_damaged_last_checkpoint_falls_back(dataset, tmp_path, capsys):
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    common = ["batch_size=32", "save_every=1", "seed=3"]
+    assert main(train_args(dataset, whole, "epochs=3", *common)) == 0
+    assert main(train_args(dataset, run, "epochs=2", *common)) == 0
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)  # run folders are moved and copied between machines
+    # the last checkpoint is damaged (a full disk, a bad copy): the one before it is used
+    state = moved / "checkpoints/last/training_state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
+    assert (moved / "checkpoints/previous/training_state.safetensors").is_file()
+    assert main(train_args(dataset, moved, "epochs=3", "resume=true", *common)) == 0
+    assert "checkpoints/last is unreadable" in capsys.readouterr().err
+    # epoch 2 is redone from the epoch-1 checkpoint, exactly as the uninterrupted run did it
+    a = load_file(str(whole / "checkpoints/last/model.safetensors"))
+    b = load_file(str(moved / "checkpoints/last/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_truncated_policy_is_refused_by_eval_policy_in_one_line(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(dataset, run, "epochs=1", "batch_size=32")) == 0
+    weights = run / "checkpoints/best/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    before = snapshot(run)
+    capsys.readouterr()
+    args = [f"policy={run / 'checkpoints/best'}", "episodes=1", f"out={tmp_path / 'eval'}", "progress=false"]
+    assert main(["eval-policy", *args]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors is truncated or corrupt" in err and err.count("\n") == 1, err
+    assert snapshot(run) == before and not (tmp_path / "eval").exists()
+
+
 def test_training_without_cache_and_with_a_timm_backbone(dataset, tmp_path):
     out = tmp_path / "images"
     assert main(train_args(dataset, out, "cache=off", "epochs=2", "batch_size=32")) == 0
