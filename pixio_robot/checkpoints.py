@@ -345,6 +345,12 @@ def _most_common(values: list[int]) -> int:
 
 
 def _load_checked(model: PixioViT, state: dict[str, torch.Tensor], path: Path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PixioError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({_few(bad)}): the training that wrote "
+            "them diverged; use an earlier checkpoint"
+        )
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -183,6 +183,13 @@ class PixioViT(VisionTransformer):
                 f"expected a (B, {self.patch_embed.proj.in_channels}, H, W) image batch, got shape "
                 f"{tuple(x.shape)}: pass images through pixio_robot.Preprocess first"
             )
+        if not torch.is_floating_point(x):
+            raise PixioError(
+                f"the encoder takes normalised float images, got {x.dtype}: pass images through "
+                "pixio_robot.Preprocess (uint8 -> [0, 1] -> ImageNet mean/std)"
+            )
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            raise PixioError("the image batch holds NaN or infinite values: check the images and their preprocessing")
         self.grid_size(x.shape[-2], x.shape[-1])
         x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))
         return self.norm_pre(self.patch_drop(self._pos_embed(x)))

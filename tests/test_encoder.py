@@ -107,6 +107,30 @@ def test_sides_must_be_multiples_of_16(enc):
         enc(torch.randn(1, 4, 64, 64))
 
 
+def test_unnormalised_or_nan_images_are_refused(enc):
+    with pytest.raises(PixioError, match="normalised float images, got torch.uint8.*Preprocess"):
+        enc(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    x = torch.randn(1, 3, 32, 32)
+    x[0, 1, 5, 5] = float("nan")
+    for call in (enc, enc.global_embedding, lambda x: enc.features(x, -1)):
+        with pytest.raises(PixioError, match="NaN or infinite"):
+            call(x)
+
+
+def test_encoder_with_nan_weights_is_refused_before_any_output(enc, image_folder, tmp_path, capsys):
+    from pixio_robot import save_encoder
+
+    broken = create_encoder("vitn16")
+    with torch.no_grad():
+        broken.blocks[2].mlp.fc1.weight[0, 0] = float("nan")
+    ckpt = save_encoder(broken, tmp_path / "diverged.safetensors")
+    with pytest.raises(PixioError, match=r"1 tensor\(s\) hold NaN or infinite values \(blocks.2.mlp.fc1.weight\)"):
+        load_encoder(ckpt)
+    out = tmp_path / "feats.safetensors"
+    assert main(["features", str(image_folder), f"checkpoint={ckpt}", f"out={out}", "size=32"]) == 2
+    assert "NaN" in capsys.readouterr().err and not out.exists()
+
+
 def test_unknown_size_and_block(enc):
     with pytest.raises(PixioError, match="unknown encoder size"):
         create_encoder("vitz16")
