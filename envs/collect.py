@@ -11,6 +11,7 @@ its last seed. Ctrl-C (or SIGTERM) keeps every finished episode.
 from __future__ import annotations
 
 import itertools
+import math
 import signal
 import sys
 from pathlib import Path
@@ -27,8 +28,8 @@ def collect(cfg) -> int:
         raise PixioError(f"episodes={cfg.episodes}: collect at least 1")
     if cfg.workers < 1:
         raise PixioError(f"workers={cfg.workers}: use 1 or more")
-    if cfg.noise < 0:
-        raise PixioError(f"noise={cfg.noise}: give a standard deviation >= 0")
+    if not math.isfinite(cfg.noise) or cfg.noise < 0:  # NaN passes `< 0` and would be recorded as NaN
+        raise PixioError(f"noise={cfg.noise}: give a finite standard deviation >= 0")
     spec = EnvSpec.parse(cfg.env, **cfg.env_options())
     root = Path(cfg.out)
     if inspect_path(root) == "other":  # refuse before building anything

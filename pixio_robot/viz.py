@@ -235,6 +235,13 @@ def view(cfg) -> int:
             path = ply_to_recording(path, Path(tmp) / f"{path.stem}.rrd")
         elif path.suffix != ".rrd":
             raise PixioError(f"{path}: view opens .rrd recordings and .ply/.pcd point clouds")
+        else:
+            rrd_entities(path)  # a broken file is named here, not by the viewer's own error
+        if not cfg.web and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise PixioError(
+                f"no display on this machine to open {path} in a window: pass web=true to serve the web viewer "
+                "on localhost (forward its port), or copy the file to a machine with a display"
+            )
         cmd = [sys.executable, "-m", "rerun", str(path)]
         if cfg.web:
             cmd += [

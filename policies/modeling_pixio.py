@@ -172,7 +172,9 @@ class PixioPolicy(PreTrainedPolicy):
         self._queue: deque[Tensor] = deque()
         coeff = getattr(hc, "temporal_ensemble_coeff", None)
         # LeRobot's own ACT ensembler: it follows the chunk's device, so CUDA evaluation works
-        self._ensembler = ACTTemporalEnsembler(coeff, hc.chunk_size) if coeff is not None and hc.chunk_size > 1 else None
+        self._ensembler = (
+            ACTTemporalEnsembler(coeff, hc.chunk_size) if coeff is not None and hc.chunk_size > 1 else None
+        )
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:

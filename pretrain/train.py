@@ -253,20 +253,22 @@ def _checkpoint_to_resume(cfg, run_dir: Path) -> dict | None:
     if not cfg.run.resume:
         if list_checkpoints(run_dir):
             raise PixioError(
-                f"run.dir={run_dir} already holds checkpoints: pass resume=true to continue that run, or choose "
+                f"run.dir={run_dir} already holds checkpoints: pass run.resume=true to continue that run, or choose "
                 "another run.dir"
             )
         return None
     path = latest_checkpoint(run_dir)
     if path is None:
-        raise PixioError(f"resume=true but {run_dir}/checkpoints holds no checkpoint: drop resume=true to start")
+        raise PixioError(
+            f"run.resume=true but {run_dir}/checkpoints holds no checkpoint: drop run.resume=true to start"
+        )
     ckpt = load_checkpoint(path)
     saved, now = _flat(json.loads(ckpt["config"])), _flat(to_dict(cfg))
     changed = [k for k in now if saved.get(k) != now[k] and k.startswith(_FIXED_ON_RESUME)]
     if changed:
         k = changed[0]
         raise PixioError(
-            f"resume=true with {k}={now[k]!r}, but the run was started with {saved.get(k)!r}: keep the run's "
+            f"run.resume=true with {k}={now[k]!r}, but the run was started with {saved.get(k)!r}: keep the run's "
             "options (see config.json) or start a new run.dir"
         )
     return ckpt
@@ -417,7 +419,7 @@ class _Loop:
         )
         raise PixioError(
             f"loss is {loss} at step {step + 1}: training stopped before the update and {where}; lower optim.base_lr "
-            "or use run.dtype=float32, then resume=true"
+            "or use run.dtype=float32, then run.resume=true"
         )
 
     def record(self, step: int, loss: float, lr: float, rate: float, extra: dict) -> None:

@@ -191,6 +191,12 @@ class Reconstructor:
         """Read and resize views to the head's resolution (warning when aspect ratios change)."""
         if len(images) == 0:
             raise PixioError("no images given: reconstruction needs at least one view")
+        if len(images) == 1:
+            print(
+                "warning: one view given to a multi-view head (trained on 2-4 views): depth and scale come from "
+                "one image alone and are far less accurate; give 2 or more views of the scene",
+                file=sys.stderr,
+            )
         arrays = [read_image(im) if isinstance(im, (str, os.PathLike)) else np.asarray(im) for im in images]
         for a in arrays:
             if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:

@@ -140,6 +140,10 @@ def test_paths_holding_something_else_are_refused_and_left_untouched(dataset, tm
     assert "append=true" in capsys.readouterr().err
     assert main([*COLLECT[:2], "cameras=[front]", "image_size=48", "episodes=1", f"out={dataset}", "append=true"]) == 2
     assert "cannot append" in capsys.readouterr().err
+    for noise in ("nan", "inf", "-0.1"):
+        assert main([*COLLECT, "episodes=1", f"out={dataset}", "append=true", f"noise={noise}"]) == 2
+        err = capsys.readouterr().err
+        assert "give a finite standard deviation >= 0" in err and err.count("\n") == 1, err
     assert snapshot(dataset) == before
 
 

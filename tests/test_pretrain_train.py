@@ -118,7 +118,7 @@ def test_resume_rules(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(run_args(images, run, 2, "batch_size=4")) == 0
     assert main(run_args(images, run, 2, "batch_size=4")) == 2
-    assert "already holds checkpoints: pass resume=true" in capsys.readouterr().err
+    assert "already holds checkpoints: pass run.resume=true" in capsys.readouterr().err
     assert main(run_args(images, run, 2, "batch_size=8", "run.resume=true")) == 2
     assert "resume=true with batch_size=8, but the run was started with 4" in capsys.readouterr().err
     assert main(run_args(images, tmp_path / "empty", 2, "run.resume=true")) == 2

@@ -70,3 +70,24 @@ def test_ply_becomes_a_recording(tmp_path):
     o3d.io.write_point_cloud(str(tmp_path / "c.ply"), cloud)
     rrd = ply_to_recording(tmp_path / "c.ply", tmp_path / "c.rrd")
     assert "/world/c" in rrd_entities(rrd)
+
+
+def test_view_names_a_broken_recording_and_a_missing_display(tmp_path, capsys, monkeypatch):
+    import rerun as rr
+
+    from pixio_robot.cli import main
+    from pixio_robot.viz import rerun_recording
+
+    broken = tmp_path / "broken.rrd"
+    broken.write_bytes(b"RRF2 not really a recording")
+    assert main(["view", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.rrd: not a readable Rerun recording" in err and err.count("\n") == 1, err
+    good = tmp_path / "good.rrd"
+    with rerun_recording(good) as rec:
+        rec.log("x", rr.Points3D(np.zeros((1, 3))))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["view", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert "no display on this machine" in err and "web=true" in err and err.count("\n") == 1, err
