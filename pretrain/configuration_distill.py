@@ -1,4 +1,4 @@
-"""Options of `pixio-robot distill`: a trained encoder teaches a smaller one (DESIGN.md section 3).
+"""Options of `pixio-robot distill`: a trained encoder teaches a smaller one (docs/DESIGN.md section 3).
 
 Data, optimizer, schedule and run options are those of `pretrain`; presets live under
 `configs/distill/` (`pixio-robot distill distill=vitb16_from_vith16 teacher=... ...`).

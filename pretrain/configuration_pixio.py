@@ -1,6 +1,6 @@
 """Options of `pixio-robot pretrain` (and the parts `distill` shares), as dataclasses.
 
-The defaults are the official Pixio recipe (DESIGN.md section 3); the presets under
+The defaults are the official Pixio recipe (docs/DESIGN.md section 3); the presets under
 `configs/pretrain/` set sizes and schedules (`pixio-robot pretrain pretrain=vith16 ...`).
 Kept free of torch so that `--help` answers at once.
 """

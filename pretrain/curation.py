@@ -1,4 +1,4 @@
-"""Loss-based self-curation (Pixio's data curation, DESIGN.md section 3).
+"""Loss-based self-curation (Pixio's data curation, docs/DESIGN.md section 3).
 
 `pixio-robot curate` runs a trained pre-training checkpoint over a dataset and stores, per
 image, its reconstruction loss and its colour entropy. Training with `data.curation=FILE`

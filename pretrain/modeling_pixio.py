@@ -1,6 +1,6 @@
 """Pixio pre-training: the `pixio_robot` encoder on visible patches + a deep pixel decoder.
 
-The method, as in the paper and its official code (DESIGN.md section 3):
+The method, as in the paper and its official code (docs/DESIGN.md section 3):
 
 - grid masking: the h x w patch grid is cut into cells of `mask_grid x mask_grid` patches;
   per sample the cells are shuffled and `int(cells * (1 - mask_ratio))` are kept;

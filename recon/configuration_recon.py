@@ -14,7 +14,7 @@ from pixio_robot.errors import PixioError
 
 @dataclass
 class ReconConfig:
-    """A MapAnything-style head on frozen Pixio patch tokens (DESIGN.md section 5)."""
+    """A MapAnything-style head on frozen Pixio patch tokens (docs/DESIGN.md section 5)."""
 
     # Multi-view transformer. Blocks alternate: even ones attend across all views (plus the scale
     # token), odd ones within each view, so `depth` 4 is two global and two frame blocks.
@@ -27,7 +27,7 @@ class ReconConfig:
     # Training drops them with this probability so one model serves both cases.
     intrinsics_dropout: float = field(default=0.5, metadata={"help": "chance of hiding known intrinsics per view"})
 
-    # Loss (DESIGN.md section 5): weights of the factored terms, robust loss shape, confidence.
+    # Loss (docs/DESIGN.md section 5): weights of the factored terms, robust loss shape, confidence.
     w_points: float = field(default=1.0, metadata={"help": "confidence-weighted world-point loss"})
     w_cam_points: float = field(default=1.0, metadata={"help": "camera-frame point loss"})
     w_rays: float = field(default=1.0, metadata={"help": "ray-direction loss"})

@@ -1,4 +1,4 @@
-"""Ground truth of a batch of view sets, and the MapAnything training loss (DESIGN.md section 5).
+"""Ground truth of a batch of view sets, and the MapAnything training loss (docs/DESIGN.md section 5).
 
 Every geometric term compares prediction and ground truth after each is divided by its own
 mean distance to the origin (the prediction without the metric scale m, the ground truth in

@@ -1,4 +1,4 @@
-"""The metrics of the Pixio paper's MapAnything table (DESIGN.md section 5), plus point-cloud
+"""The metrics of the Pixio paper's MapAnything table (docs/DESIGN.md section 5), plus point-cloud
 Chamfer distance and F-score. numpy, float64.
 
 Per view set (all in view 0's frame; the up-to-scale prediction and the ground truth each
