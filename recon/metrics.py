@@ -8,10 +8,14 @@ divided by its own mean distance to the origin over the valid pixels):
   prediction) and of the ground truth, in metres;
 - Points rel: mean over valid pixels of ||p_hat - p|| / ||p||, averaged over views;
 - Points tau@1.03: % of valid pixels with max(||p|| / ||p_hat||, ||p_hat|| / ||p||) < 1.03;
-- Pose AUC@5: per pair i < j, error = max(rotation angle error, angle between translation
-  directions) of the relative pose; histogram in 1-degree bins over [0, 5], cumulative sum,
-  mean, x100;
+- Pose AUC@5: per pair i < j, error = max(rotation angle error, translation-direction
+  error) of the relative pose, the latter folded to min(angle, 180 - angle) as MapAnything
+  does (the sign of a translation is not scored); histogram in 1-degree bins over [0, 5],
+  cumulative sum, mean, x100;
 - Depth rel and Depth tau@1.03: the same on z of the camera-frame points.
+
+A set in which some view has no valid ground-truth pixel scores NaN on every metric and is
+left out of the averages, as in MapAnything (its views are not skipped one by one).
 
 Sets are averaged per number of views (`average`). Chamfer distance and F-score compare fused
 clouds in metres.
@@ -82,23 +86,25 @@ def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
 
 
 def angle_between_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angle between vectors (..., 3); 180 where either has no length (no direction to match)."""
+    """Angle between vectors (..., 3); 90 where either has no length (no direction to match)."""
     na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
     cross = np.linalg.norm(np.cross(a, b), axis=-1)
     angle = np.degrees(np.arctan2(cross, (a * b).sum(-1)))
-    return np.where((na > 1e-12) & (nb > 1e-12), angle, 180.0)
+    return np.where((na > 1e-12) & (nb > 1e-12), angle, 90.0)
 
 
 def relative_pose_errors(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotation and translation-direction errors (degrees) of every pair i < j of (V, 4, 4)
-    camera-to-world poses; the relative pose of a pair is inv(T_i) @ T_j."""
+    camera-to-world poses; the relative pose of a pair is inv(T_i) @ T_j. The direction error
+    is folded into [0, 90] (a reversed translation scores 0), as MapAnything computes it; a
+    translation of no length has no direction and scores the worst, 90."""
     pred_c2w, gt_c2w = np.asarray(pred_c2w, np.float64), np.asarray(gt_c2w, np.float64)
     i, j = np.triu_indices(len(gt_c2w), k=1)
     rel_pred = np.linalg.inv(pred_c2w[i]) @ pred_c2w[j]
     rel_gt = np.linalg.inv(gt_c2w[i]) @ gt_c2w[j]
     rot = rotation_angle_deg(np.swapaxes(rel_pred[:, :3, :3], -1, -2) @ rel_gt[:, :3, :3])
     trans = angle_between_deg(rel_pred[:, :3, 3], rel_gt[:, :3, 3])
-    return rot, trans
+    return rot, np.minimum(trans, 180.0 - trans)
 
 
 def pose_auc(rot_err_deg: np.ndarray, trans_err_deg: np.ndarray, max_deg: int = 5) -> float:
@@ -129,10 +135,12 @@ def set_metrics(
     frame, and camera frames); pred_scale: its metric scale m; gt_* the same in metres;
     *_c2w (V, 4, 4) camera-to-world in view 0's frame; valid (V, H, W) ground truth exists."""
     valid = np.asarray(valid, bool)
+    if not all(v.any() for v in valid):  # MapAnything: such a set is undefined, not partly scored
+        return dict.fromkeys(METRICS, math.nan)
     s_pred, s_gt = mean_distance(pred_points, valid), mean_distance(gt_points, valid)
     pn, gn = pred_points / s_pred, gt_points / s_gt
     zp, zg = pred_cam_points[..., 2] / s_pred, gt_cam_points[..., 2] / s_gt
-    views = [v for v in range(len(valid)) if valid[v].any()]
+    views = range(len(valid))
     per_view = {
         "points_rel": [relative_error(pn[v], gn[v], valid[v]) for v in views],
         "points_tau": [inlier_ratio(pn[v], gn[v], valid[v]) for v in views],

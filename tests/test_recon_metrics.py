@@ -129,7 +129,28 @@ def test_translation_direction_error_counts():
     pred[1, :3, 3] *= 5  # the length of the translation does not matter, its direction does
     assert relative_pose_errors(pred, gt)[1] == pytest.approx([10.0])
     pred[1, :3, 3] = 0  # no direction at all: the worst error
-    assert relative_pose_errors(pred, gt)[1] == pytest.approx([180.0])
+    assert relative_pose_errors(pred, gt)[1] == pytest.approx([90.0])
+
+
+def test_a_reversed_translation_is_not_an_error_as_in_mapanything():
+    gt = np.stack([pose(), pose(t=(1.0, 0, 0))])
+    pred = np.stack([pose(), pose(t=(-1.0, 0, 0))])  # 180 degrees off: folded to 0
+    rot, trans = relative_pose_errors(pred, gt)
+    assert trans == pytest.approx([0.0]) and pose_auc(rot, trans) == 100.0
+    pred[1, :3, 3] = (-math.cos(math.radians(3)), math.sin(math.radians(3)), 0)  # 177 degrees: 3
+    assert relative_pose_errors(pred, gt)[1] == pytest.approx([3.0])
+    pred[1, :3, 3] = (0, 1.0, 0)  # perpendicular: the largest folded error
+    assert relative_pose_errors(pred, gt)[1] == pytest.approx([90.0])
+
+
+def test_a_set_with_a_view_without_ground_truth_is_nan_and_left_out(scene):
+    cam, world, c2w, valid = scene
+    some = valid.copy()
+    some[1] = False  # view 1 has no valid pixel
+    got = set_metrics(world, cam, 1.0, c2w, world, cam, c2w, some)
+    assert all(math.isnan(v) for v in got.values())
+    perfect = set_metrics(world, cam, 1.0, c2w, world, cam, c2w, valid)
+    assert average([got, perfect])["points_rel"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_chamfer_and_fscore_of_shifted_clouds():
