@@ -1,4 +1,4 @@
-"""The policies package's subcommands: `train-policy`, `eval-policy`, `compare`.
+"""The policies package's subcommands: `train-policy`, `eval-policy`, `compare`, `probe`.
 
 Kept free of torch and LeRobot so that `pixio-robot --help` answers at once. The head configs
 (plain dataclasses) are registered with Hydra here as the `head` config group's schemas, so
@@ -86,6 +86,22 @@ class CompareConfig:
     title: str | None = field(default=None, metadata={"help": "chart title"})
 
 
+@dataclass
+class ProbeConfig:
+    encoder: str = field(default="sim_vitn16", metadata={"help": "Pixio checkpoint, bundled name or size name"})
+    env: str = field(default="push", metadata={"help": "environment whose reset scenes are rendered"})
+    scenes: int = field(default=1000, metadata={"help": "scenes rendered (seeds from `seed` on)"})
+    holdout: float = field(default=0.2, metadata={"help": "fraction of the scenes held out for the errors"})
+    camera: str | None = field(default=None, metadata={"help": "camera (default: the environment's first)"})
+    image_size: int | None = field(default=None, metadata={"help": "image side (default: the encoder's)"})
+    seed: int = field(default=200_000, metadata={"help": "first scene seed (disjoint from collection/evaluation)"})
+    random_seed: int = field(default=0, metadata={"help": "seed of the random-initialised comparison encoder"})
+    compare_random: bool = field(default=True, metadata={"help": "also probe the same architecture, random"})
+    out: str | None = field(default=None, metadata={"help": "JSON file for the result"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
 def command_config(schema: type, cfg, options: dict):
     """A command's config from a config object or keyword options (not both), for the
     function form of a command (`train_policy(...)`, `eval_policy(...)`)."""
@@ -114,6 +130,12 @@ eval_policy = Command(
     "success rate of a policy (or the scripted expert) in simulation, with videos and a recording",
     EvalPolicyConfig,
     "policies.evaluation:run",
+)
+probe = Command(
+    "probe",
+    "how well an encoder localises objects: ridge probes from its tokens to object positions, in cm",
+    ProbeConfig,
+    "policies.probe:run",
 )
 compare = Command(
     "compare",

@@ -1,0 +1,56 @@
+"""`pixio-robot probe`: ridge probes from frozen tokens to object positions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pixio_robot.cli import main
+from policies.probe import ridge_probe
+
+
+def test_ridge_probe_recovers_a_linear_map_and_beats_the_mean():
+    rng = np.random.default_rng(0)
+    # positions spread over many feature dimensions, wider than the number of samples, as in
+    # token maps
+    y = rng.uniform(-0.2, 0.2, size=(120, 3))
+    x = y @ rng.normal(size=(3, 400)) + 0.05 * rng.normal(size=(120, 400))
+    pred = ridge_probe(x[:100], y[:100], x[100:])
+    err = np.sqrt(((pred - y[100:]) ** 2).mean(0))
+    base = np.sqrt(((y[:100].mean(0) - y[100:]) ** 2).mean(0))
+    assert np.all(err < 0.2 * base)
+    noise = rng.normal(size=(120, 400))  # features that carry nothing: no better than the mean
+    pred = ridge_probe(noise[:100], y[:100], noise[100:])
+    assert np.sqrt(((pred - y[100:]) ** 2).mean(0)).mean() > 0.8 * base.mean()
+
+
+def test_probe_command_on_a_tiny_encoder(tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    args = ["probe", "encoder=vitn16", "env=reach", "scenes=24", "image_size=32", f"out={out}", "progress=false"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| encoder patches |" in printed and "| random patches |" in printed
+    result = json.loads(out.read_text())
+    assert result["targets"] == ["goal_x", "goal_y", "goal_z"] and result["held_out"] == 5
+    assert set(result["rmse_cm"]) == {"mean", "encoder patches", "encoder global", "random patches", "random global"}
+    assert all(np.isfinite(v) and v > 0 for v in result["rmse_cm"].values())
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("env=nowhere", "unknown environment 'nowhere'"),
+        ("scenes=6", "scenes=6 is too few for a 20% hold-out"),
+        ("holdout=1.5", "holdout=1.5: give a fraction between 0 and 1"),
+        ("camera=nope", "unknown camera 'nope'"),
+    ],
+)
+def test_probe_refuses_bad_input_in_one_line(tmp_path, capsys, option, message):
+    out = tmp_path / "probe.json"
+    args = ["probe", "encoder=vitn16", "env=reach", "scenes=24", "image_size=32", f"out={out}", "progress=false"]
+    assert main([*args, option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
