@@ -8,12 +8,16 @@ tool, so a blocked arm never winds up); the arm's joint targets are its exact in
 kinematics. Values outside [-1, 1] are clipped; a wrong shape or a NaN raises `PixioError`
 and leaves the episode untouched.
 
-Observations (LeRobot's gym conventions): `agent_pos` (float32: tool x, y, z, yaw, gripper
-opening in metres); `pixels` (uint8 HWC, or a dict camera -> image with several cameras);
+Observations (LeRobot's gym conventions): `agent_pos` (float32: measured tool x, y, z, yaw,
+gripper opening in metres, then the commanded tool pose x, y, z, yaw that the action deltas
+move: it may lead the measured tool by up to `MAX_LEAD`, and a policy that does not see it
+cannot tell what its next action will do); `pixels` (uint8 HWC, or a dict camera -> image with several cameras);
 with `depth=True` `depth` (float32 metres, metric z, 0 = nothing hit), with
 `segmentation=True` `segmentation` (int32 MuJoCo body ids, -1 = nothing hit), with
 `environment_state=True` the task's object state (float32). `info["is_success"]` on every
-step; an episode terminates on success and is truncated after `time_limit` steps (the
+step; an episode terminates once success has held for `success_hold` more steps (5 in the
+own tasks, so that demonstrations show staying at the goal, not only reaching it; 0 ends it
+at the first success) and is truncated after `time_limit` steps (the
 attribute `max_episode_steps`; the option is not called that because `gymnasium.make` takes
 that name for its own TimeLimit wrapper).
 """
@@ -38,7 +42,7 @@ MAX_SPEED = 0.4  # m/s of the commanded tool pose at full action
 MAX_YAW_RATE = 3.0  # rad/s
 MAX_LEAD = 0.05  # the commanded pose stays this close to the measured tool
 SETTLE_STEPS = 40  # physics steps after a reset, before the first observation
-STATE_NAMES = ("tool_x", "tool_y", "tool_z", "tool_yaw", "gripper_opening")
+STATE_NAMES = ("tool_x", "tool_y", "tool_z", "tool_yaw", "gripper_opening", "cmd_x", "cmd_y", "cmd_z", "cmd_yaw")
 ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "gripper")
 # Constructor options every environment takes for its observations (see SimEnv._init_observations).
 OBSERVATION_OPTIONS = (
@@ -98,7 +102,7 @@ class SimEnv(gym.Env):
         if self.rig is not None:
             s.update(self.rig.observation_spaces())
         self.observation_space = spaces.Dict(s)
-        self._steps, self._done = 0, True
+        self._steps, self._done, self._held = 0, True, 0
 
     def _observe(self, agent_pos: np.ndarray, env_state: np.ndarray | None) -> dict:
         obs: dict[str, Any] = {"agent_pos": np.asarray(agent_pos, np.float32)}
@@ -123,12 +127,16 @@ class SimEnv(gym.Env):
             raise PixioError("the episode has ended (success or time limit): call reset() before stepping again")
         return [min(max(v, -1.0), 1.0) for v in values]
 
+    success_hold: int = 0  # steps an episode goes on after success (while it lasts) before it ends
+
     def _end_step(self, success: bool) -> tuple[bool, bool]:
         """Count the step; (terminated, truncated)."""
         self._steps += 1
-        truncated = self._steps >= self.max_episode_steps and not success
-        self._done = success or truncated
-        return success, truncated
+        self._held = self._held + 1 if success else 0
+        terminated = self._held > self.success_hold
+        truncated = self._steps >= self.max_episode_steps and not terminated
+        self._done = terminated or truncated
+        return terminated, truncated
 
     @property
     def steps(self) -> int:
@@ -180,6 +188,7 @@ class TabletopEnv(SimEnv):
         shadows: bool = False,
         antialias: bool = False,
         extra_cameras: int = 0,
+        success_hold: int = 5,
         render_mode: str | None = None,
     ):
         if not isinstance(control_hz, (int, np.integer)) or control_hz < 1 or 500 % control_hz:
@@ -190,6 +199,9 @@ class TabletopEnv(SimEnv):
             raise PixioError(f"time_limit={time_limit}: use 1 to 100000 steps")
         if not 0 <= int(extra_cameras) <= 256:
             raise PixioError(f"extra_cameras={extra_cameras}: use 0 to 256")
+        if not 0 <= int(success_hold) <= 1000:
+            raise PixioError(f"success_hold={success_hold}: use 0 to 1000 steps")
+        self.success_hold = int(success_hold)
         self.control_hz = int(control_hz)
         self.substeps = 500 // self.control_hz
         self.max_episode_steps = int(time_limit or self.default_max_steps * self.control_hz // 20)
@@ -220,7 +232,7 @@ class TabletopEnv(SimEnv):
         n = len(self.object_state_names)
         self._init_observations(
             {k: v for k, v in locals().items() if k in OBSERVATION_OPTIONS},
-            (np.array([-2, -2, -2, -math.pi, -0.01]), np.array([2, 2, 2, math.pi, 0.1])),
+            (np.array([-2, -2, -2, -math.pi, -0.01, -2, -2, -2, -4]), np.array([2, 2, 2, math.pi, 0.1, 2, 2, 2, 4])),
             (np.full(n, -10.0), np.full(n, 10.0)),
             len(ACTION_NAMES),
         )
@@ -260,7 +272,7 @@ class TabletopEnv(SimEnv):
         self._target = self.workspace.clip(start)
         self._set_arm(self._target, gripper=-1.0, teleport=True)
         mujoco.mj_step(m, d, nstep=SETTLE_STEPS)
-        self._steps, self._done = 0, False
+        self._steps, self._done, self._held = 0, False, 0
         return self._observation(), {"is_success": False}
 
     def step(self, action):
@@ -276,8 +288,9 @@ class TabletopEnv(SimEnv):
         self._target = np.array(target)
         self._set_arm(target, a[4])
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
-        terminated, truncated = self._end_step(bool(self._success()))
-        return self._observation(), float(terminated), terminated, truncated, {"is_success": terminated}
+        success = bool(self._success())
+        terminated, truncated = self._end_step(success)
+        return self._observation(), float(success), terminated, truncated, {"is_success": success}
 
     # ---- state the experts and recorders read ---------------------------------------------
 
@@ -305,6 +318,7 @@ class TabletopEnv(SimEnv):
         out = np.empty(len(STATE_NAMES), np.float32)
         out[:3] = self._tcp_pos
         out[3], out[4] = self.tool_yaw, self.gripper_opening
+        out[5:] = self._target
         return out
 
     def place_camera(self, name: str, cam2world_cv: np.ndarray) -> None:

@@ -113,7 +113,7 @@ class MetaWorldEnv(SimEnv):
         self.mw.seed(int(self.np_random.integers(2**31)))
         raw, _ = self.mw.reset()
         self.raw_obs = np.asarray(raw, np.float64)
-        self._steps, self._done = 0, False
+        self._steps, self._done, self._held = 0, False, 0
         return self._observation(), {"is_success": False}
 
     def step(self, action):

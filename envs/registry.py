@@ -125,6 +125,11 @@ class EnvSpec:
             return f"metaworld/{self.kwargs.get('task', '')}"
         return next((k for k, (i, _) in OWN_TASKS.items() if i == self.id), self.id)
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """What `agent_pos` (a dataset's `observation.state`) holds in this version."""
+        return tuple(_entry_class(self.id).state_names)
+
     def replace(self, **kwargs) -> EnvSpec:
         return EnvSpec(self.id, {**self.kwargs, **{k: _plain(v) for k, v in kwargs.items()}})
 

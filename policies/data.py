@@ -60,6 +60,12 @@ class Demonstrations:
             )
         if not meta.get("episodes"):
             raise PixioError(f"dataset={root} holds no episodes: record demonstrations with pixio-robot collect")
+        current = list(envs.EnvSpec.from_dict(meta["env"]).state_names)
+        if list(meta["state_names"]) != current:
+            raise PixioError(
+                f"dataset={root} was recorded with an older observation.state ({', '.join(meta['state_names'])}); "
+                f"this version records {', '.join(current)}: re-record it with pixio-robot collect"
+            )
         ds = envs.load_dataset(root)
         if ds.num_frames == 0:
             raise PixioError(f"dataset={root} holds no frames: record demonstrations with pixio-robot collect")

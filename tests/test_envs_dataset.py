@@ -222,7 +222,7 @@ class HoldStill:
         self.resets.append(seed)
 
     def __call__(self, obs):
-        assert obs["pixels"].shape == (32, 32, 3) and obs["agent_pos"].shape == (5,)
+        assert obs["pixels"].shape == (32, 32, 3) and obs["agent_pos"].shape == (9,)
         return np.zeros(self.dim, np.float32)
 
 

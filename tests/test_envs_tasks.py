@@ -114,6 +114,23 @@ def test_episode_ends_on_success_and_at_the_time_limit():
     env.close()
 
 
+@pytest.mark.parametrize("hold", [0, 5])
+def test_episode_goes_on_while_success_holds_then_ends(hold):
+    """Demonstrations show staying at the goal: the episode ends `success_hold` steps after the
+    first success (while success lasts), so the last hold + 1 frames are all successes."""
+    env = envs.make_env("reach", cameras=None, success_hold=hold)
+    ep = rollout(env, make_expert(env), 0, record=False)
+    first = int(np.argmax(ep.successes))
+    assert ep.success and ep.length == first + hold + 1 and ep.successes[first:].all()
+    assert not ep.successes[:first].any()
+    # the expert settles at the goal during the hold: the tool ends no farther from it
+    goal = env.unwrapped.goal
+    assert np.linalg.norm(ep.final_state[:3] - goal) <= np.linalg.norm(ep.states[first, :3] - goal) + 1e-3
+    env.close()
+    with pytest.raises(PixioError, match="success_hold=-1"):
+        envs.make_env("reach", cameras=None, success_hold=-1)
+
+
 def test_randomisation_options_change_the_look_not_the_layout():
     def first(**options):
         env = envs.make_env("push", cameras=["front"], image_size=48, environment_state=True, **options)

@@ -67,7 +67,7 @@ def test_policy_evaluation_is_deterministic_and_independent_of_workers(policy, t
     assert one["env_name"] == "push" and one["label"] == "run/best"
     # the final tool pose depends on every action: equal rows mean equal action sequences
     finals = [e["final_state"] for e in one["per_episode"]]
-    assert len(finals[0]) == 5 and finals[0] != finals[1]
+    assert len(finals[0]) == 9 and finals[0] != finals[1]
 
 
 def test_compare_writes_a_table_and_a_chart(policy, tmp_path, capsys):

@@ -227,6 +227,42 @@ def test_training_without_cache_and_with_a_timm_backbone(dataset, tmp_path):
     assert policy.grid == (2, 2) and policy.backbone.embed_dim == 512
 
 
+def test_observation_state_is_the_same_at_training_and_evaluation_time(dataset):
+    """What the policy is trained on (the dataset's observation.state) is exactly what the
+    evaluation feeds it (the environment's agent_pos through observation_features): measured
+    tool pose, gripper opening and the commanded pose the actions move."""
+    import envs
+    from envs.dataset import observation_features
+    from envs.runner import rollout
+    from policies import Demonstrations
+
+    demos = Demonstrations.load(dataset)
+    assert demos.meta["state_names"][5:] == ["cmd_x", "cmd_y", "cmd_z", "cmd_yaw"]
+    first = demos.meta["episodes"][0]
+    env = envs.dataset_spec(dataset).make()
+    episode = rollout(env, envs.make_expert(env), first["seed"])
+    recorded = demos.states[demos.episode_start == 0]
+    np.testing.assert_array_equal(episode.states, recorded)
+    obs, _ = env.reset(seed=first["seed"])
+    at_eval = observation_features(obs, list(demos.meta["cameras"]))["observation.state"]
+    np.testing.assert_array_equal(at_eval, recorded[0])
+    # the commanded pose leads the measured tool while the arm moves
+    assert np.abs(recorded[:, 5:8] - recorded[:, :3]).max() > 0.005
+    env.close()
+
+
+def test_a_dataset_recorded_before_the_state_change_is_refused(dataset, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    meta = json.loads((old / "meta/pixio_env.json").read_text())
+    meta["state_names"] = meta["state_names"][:5]  # what versions before the commanded pose wrote
+    (old / "meta/pixio_env.json").write_text(json.dumps(meta))
+    assert main(train_args(old, tmp_path / "run", "epochs=1")) == 2
+    err = capsys.readouterr().err
+    assert "recorded with an older observation.state" in err and "re-record it" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
     data_before = snapshot(dataset)
 
