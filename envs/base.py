@@ -38,6 +38,11 @@ from . import arm, scene
 from .cameras import CameraInfo, CameraRig, camera_info, look_at, parse_cameras, set_camera_pose
 from .scene import CameraSpec
 
+# Ranges of the own tasks' randomisation. `benchmark` is calibrated against what behaviour-
+# cloning benchmarks use (MetaWorld: objects over 10-20 cm, 5 cm tolerance; robomimic Lift:
+# +-3 cm): objects within about 10 x 10 cm, tolerances 4-5 cm. `hard` spreads them over the
+# whole reachable table (22 x 36 to 33 x 44 cm, 3-4 cm tolerances), 10-50x the area.
+DIFFICULTIES = ("benchmark", "hard")
 MAX_SPEED = 0.4  # m/s of the commanded tool pose at full action
 MAX_YAW_RATE = 3.0  # rad/s
 MAX_LEAD = 0.05  # the commanded pose stays this close to the measured tool
@@ -189,6 +194,7 @@ class TabletopEnv(SimEnv):
         antialias: bool = False,
         extra_cameras: int = 0,
         success_hold: int = 5,
+        difficulty: str = "benchmark",
         render_mode: str | None = None,
     ):
         if not isinstance(control_hz, (int, np.integer)) or control_hz < 1 or 500 % control_hz:
@@ -202,6 +208,9 @@ class TabletopEnv(SimEnv):
         if not 0 <= int(success_hold) <= 1000:
             raise PixioError(f"success_hold={success_hold}: use 0 to 1000 steps")
         self.success_hold = int(success_hold)
+        if difficulty not in DIFFICULTIES:
+            raise PixioError(f"difficulty={difficulty!r}: choose {' or '.join(DIFFICULTIES)}")
+        self.difficulty = difficulty
         self.control_hz = int(control_hz)
         self.substeps = 500 // self.control_hz
         self.max_episode_steps = int(time_limit or self.default_max_steps * self.control_hz // 20)

@@ -27,13 +27,16 @@ class EnvOptions:
     environment_state: bool = field(default=False, metadata={"help": "also record the object state"})
     random_lighting: bool = field(default=False, metadata={"help": "random light per episode (own tasks)"})
     camera_jitter: float = field(default=0.0, metadata={"help": "random camera offset in metres (own tasks)"})
+    difficulty: str | None = field(
+        default=None, metadata={"help": "own tasks: benchmark (default; ~10 cm ranges) or hard (the whole table)"}
+    )
 
     def env_options(self) -> dict:
         """The options that were set (MetaWorld refuses those it does not have)."""
         options = {"image_size": self.image_size if self.image_width is None else [self.image_size, self.image_width]}
         if self.cameras is not None:
             options["cameras"] = list(self.cameras)
-        for key in ("control_hz", "time_limit"):
+        for key in ("control_hz", "time_limit", "difficulty"):
             if getattr(self, key) is not None:
                 options[key] = getattr(self, key)
         for key in ("environment_state", "random_lighting", "camera_jitter"):

@@ -16,8 +16,11 @@ import numpy as np
 from . import scene
 from .base import TARGET_HUE, TabletopEnv, hue_of, random_color, yaw_of
 
-# Where objects may start: in front of the robot, well inside its reach.
+# Where objects may start: in front of the robot, well inside its reach (difficulty=hard).
 OBJECT_X, OBJECT_Y = (-0.15, 0.18), (-0.22, 0.22)
+# difficulty=benchmark: two 10 x 10 cm areas, objects start in the first, goals lie in the second
+NEAR_X, NEAR_Y = (-0.08, 0.02), (-0.05, 0.05)
+FAR_X, FAR_Y = (0.06, 0.16), (-0.05, 0.05)
 
 
 class Reach(TabletopEnv):
@@ -25,7 +28,10 @@ class Reach(TabletopEnv):
     instruction = "move the gripper to the green ball"
     default_max_steps = 50
     object_state_names = ("goal_x", "goal_y", "goal_z")
-    success_radius = 0.03
+
+    @property
+    def success_radius(self) -> float:
+        return 0.05 if self.difficulty == "benchmark" else 0.03
 
     def _objects_mjcf(self) -> str:
         return scene.target_marker("goal", radius=0.04, sphere=True)
@@ -34,7 +40,11 @@ class Reach(TabletopEnv):
         self._goal = self.model.body("goal").id
 
     def _randomize(self, rng):
-        self.model.body_pos[self._goal] = [rng.uniform(-0.2, 0.25), rng.uniform(-0.25, 0.25), rng.uniform(0.05, 0.3)]
+        if self.difficulty == "hard":  # 45 x 50 x 25 cm
+            goal = [rng.uniform(-0.2, 0.25), rng.uniform(-0.25, 0.25), rng.uniform(0.05, 0.3)]
+        else:  # 15 x 15 x 10 cm, like MetaWorld's reach
+            goal = [rng.uniform(-0.05, 0.1), rng.uniform(-0.075, 0.075), rng.uniform(0.12, 0.22)]
+        self.model.body_pos[self._goal] = goal
 
     @property
     def goal(self) -> np.ndarray:
@@ -125,12 +135,20 @@ class Push(_CubeToGoal):
     instruction = "push the cube onto the green target"
     default_max_steps = 150
     marker_radius = 0.045
-    success_radius = 0.04
+
+    @property
+    def success_radius(self) -> float:
+        return 0.05 if self.difficulty == "benchmark" else 0.04
 
     def _randomize(self, rng):
-        xy = np.array([rng.uniform(-0.1, 0.12), rng.uniform(-0.18, 0.18)])
-        self.place_cube("cube", rng, rng.uniform(0.02, 0.03), xy)
-        self.place_goal(_sample_apart(rng, xy, 0.12, 0.25, x=(-0.18, 0.2), y=(-0.24, 0.24)))
+        if self.difficulty == "hard":
+            xy = np.array([rng.uniform(-0.1, 0.12), rng.uniform(-0.18, 0.18)])
+            self.place_cube("cube", rng, rng.uniform(0.02, 0.03), xy)
+            self.place_goal(_sample_apart(rng, xy, 0.12, 0.25, x=(-0.18, 0.2), y=(-0.24, 0.24)))
+        else:
+            xy = np.array([rng.uniform(*NEAR_X), rng.uniform(*NEAR_Y)])
+            self.place_cube("cube", rng, rng.uniform(0.022, 0.028), xy)
+            self.place_goal(_sample_apart(rng, xy, 0.08, 0.25, x=FAR_X, y=FAR_Y))
 
     def _success(self) -> bool:
         return self.goal_distance() < self.success_radius
@@ -140,12 +158,20 @@ class PickPlace(_CubeToGoal):
     task_name = "pick_place"
     instruction = "pick up the cube and place it on the green target"
     default_max_steps = 150
-    success_radius = 0.03
+
+    @property
+    def success_radius(self) -> float:
+        return 0.04 if self.difficulty == "benchmark" else 0.03
 
     def _randomize(self, rng):
-        xy = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y)])
-        self.place_cube("cube", rng, rng.uniform(0.018, 0.027), xy)
-        self.place_goal(_sample_apart(rng, xy, 0.12, 0.3))
+        if self.difficulty == "hard":
+            xy = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y)])
+            self.place_cube("cube", rng, rng.uniform(0.018, 0.027), xy)
+            self.place_goal(_sample_apart(rng, xy, 0.12, 0.3))
+        else:
+            xy = np.array([rng.uniform(*NEAR_X), rng.uniform(*NEAR_Y)])
+            self.place_cube("cube", rng, rng.uniform(0.02, 0.025), xy)
+            self.place_goal(_sample_apart(rng, xy, 0.08, 0.25, x=FAR_X, y=FAR_Y))
 
     def _success(self) -> bool:
         pos = self.cube_pos()
@@ -167,10 +193,13 @@ class Stack(_CubeTask):
         return scene.cube("cube") + scene.cube("base")
 
     def _randomize(self, rng):
-        xy = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y)])
+        hard = self.difficulty == "hard"
+        xy = np.array(
+            [rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y)] if hard else [rng.uniform(*NEAR_X), rng.uniform(*NEAR_Y)]
+        )
         self.place_cube("cube", rng, rng.uniform(0.018, 0.024), xy)
         top_hue = hue_of(self.model.geom_rgba[self._cube_geoms["cube"]])
-        base_xy = _sample_apart(rng, xy, 0.12, 0.3)
+        base_xy = _sample_apart(rng, xy, 0.12, 0.3) if hard else _sample_apart(rng, xy, 0.08, 0.25, x=FAR_X, y=FAR_Y)
         self.place_cube("base", rng, rng.uniform(0.027, 0.034), base_xy, avoid=(TARGET_HUE, top_hue))
 
     def _success(self) -> bool:
@@ -207,8 +236,12 @@ class DrawerOpen(TabletopEnv):
 
     def _randomize(self, rng):
         m = self.model
-        yaw = rng.uniform(-0.35, 0.35)
-        m.body_pos[self._cabinet] = [rng.uniform(0.1, 0.22), rng.uniform(-0.15, 0.15), scene.TABLE_TOP]
+        if self.difficulty == "hard":
+            yaw = rng.uniform(-0.35, 0.35)
+            m.body_pos[self._cabinet] = [rng.uniform(0.1, 0.22), rng.uniform(-0.15, 0.15), scene.TABLE_TOP]
+        else:  # 10 x 10 cm, +-0.15 rad
+            yaw = rng.uniform(-0.15, 0.15)
+            m.body_pos[self._cabinet] = [rng.uniform(0.11, 0.21), rng.uniform(-0.05, 0.05), scene.TABLE_TOP]
         m.body_quat[self._cabinet] = [math.cos(yaw / 2), 0, 0, math.sin(yaw / 2)]
         body_color, drawer_color = random_color(rng), random_color(rng)
         for g in self._furniture:

@@ -193,6 +193,31 @@ def test_wrist_camera_moves_with_the_hand():
     assert np.allclose(after[:3, :3] @ after[:3, :3].T, np.eye(3), atol=1e-9)
 
 
+@pytest.mark.parametrize("task", ["reach", "push", "pick_place", "stack"])
+def test_benchmark_difficulty_keeps_objects_within_a_10cm_area(task):
+    """benchmark: positions over ~10 cm as in MetaWorld; hard: the whole table."""
+    spread = {}
+    for level in ("benchmark", "hard"):
+        env = envs.make_env(task, cameras=None, environment_state=True, difficulty=level)
+        first = np.stack([env.reset(seed=s)[0]["environment_state"][:2] for s in range(60)])  # object x, y
+        env.close()
+        spread[level] = first.max(0) - first.min(0)
+    assert np.all(spread["benchmark"] <= 0.151) and np.all(spread["benchmark"] > 0.06)
+    assert np.all(spread["hard"] > 1.5 * spread["benchmark"])
+
+
+def test_unknown_difficulty_is_refused_in_one_line(tmp_path, capsys):
+    from pixio_robot.cli import main
+
+    with pytest.raises(PixioError, match="difficulty='easy': choose benchmark or hard"):
+        envs.make_env("push", difficulty="easy")
+    out = tmp_path / "d"
+    assert main(["collect", "env=push", "difficulty=easy", "episodes=1", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "difficulty='easy': choose benchmark or hard" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_unknown_names_and_out_of_range_sizes_are_refused():
     with pytest.raises(PixioError, match="unknown environment 'pik_place'"):
         envs.make_env("pik_place")
