@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CortexBenchConfig:
-    """The policy of CortexBench's MetaWorld/MuJoCo protocol, as the Pixio paper evaluated it:
-    the global embedding (mean of the class tokens) of the last `history` frames, stacked,
-    with the proprioceptive state, through BatchNorm and an MLP with ReLU, trained with MSE
-    (Adam, lr 1e-3, batch 256, 100 epochs in the original)."""
+    """The policy of CortexBench's MetaWorld/MuJoCo protocol (eai-vc), as the Pixio paper
+    evaluated it: the global embedding (mean of the class tokens) of the last `history` frames
+    fused as FLARE does ([e(t-1) - e(t-2), e(t) - e(t-1), e(t)] for 3 frames), with the
+    proprioceptive state, through BatchNorm and an MLP with ReLU whose last layer starts at 1 %
+    of its usual scale, trained with MSE (Adam, lr 1e-3, batch 256, 100 epochs)."""
 
     name: str = field(default="cortexbench", metadata={"help": "head type"})
-    history: int = field(default=3, metadata={"help": "frames whose embeddings are stacked"})
+    history: int = field(default=3, metadata={"help": "frames whose embeddings are fused"})
+    fusion: str = field(
+        default="flare", metadata={"help": "flare (eai-vc: frame differences + the last frame) or stack (plain)"}
+    )
+    last_layer_scale: float = field(default=0.01, metadata={"help": "initial scale of the last layer (eai-vc: 0.01)"})
     hidden: list[int] = field(default_factory=lambda: [256, 256, 256], metadata={"help": "MLP hidden sizes"})
     use_state: bool = field(default=True, metadata={"help": "feed the proprioceptive state"})
     dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden layer"})

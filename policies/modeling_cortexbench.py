@@ -1,4 +1,4 @@
-"""The CortexBench head: stacked global embeddings + state -> BatchNorm -> MLP -> action.
+"""The CortexBench head: fused global embeddings + state -> BatchNorm -> MLP -> action.
 
 Inputs are normalised state and features; the output is the normalised action (the policy
 around it, `modeling_pixio.py`, handles normalisation with the dataset's statistics).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from pixio_robot.errors import PixioError
 
 from .configuration_cortexbench import CortexBenchConfig
 
@@ -49,12 +51,23 @@ class CortexBenchHead(nn.Module):
         super().__init__()
         self.config = config
         self.action_dim = action_dim
+        if config.fusion not in ("flare", "stack"):
+            raise PixioError(f"head.fusion={config.fusion!r}: use flare or stack")
         in_dim = config.history * feature_dim + (state_dim if config.use_state else 0)
         self.net = BatchNormMLP(in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout)
+        with torch.no_grad():  # eai-vc starts the policy near zero actions
+            self.net.mlp[-1].weight.mul_(config.last_layer_scale)
+            self.net.mlp[-1].bias.mul_(config.last_layer_scale)
+
+    def fuse(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T*D): FLARE's [e1 - e0, ..., e(T-1) - e(T-2), e(T-1)], or the frames."""
+        if self.config.fusion == "flare" and embeddings.shape[1] > 1:
+            embeddings = torch.cat([embeddings[:, 1:] - embeddings[:, :-1], embeddings[:, -1:]], dim=1)
+        return embeddings.flatten(1)
 
     def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         """features["global"] (B, T, D), state (B, S) -> actions (B, k, A)."""
-        x = features["global"].flatten(1)
+        x = self.fuse(features["global"])
         if self.config.use_state:
             x = torch.cat([x, state], dim=1)
         return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))

@@ -1,0 +1,41 @@
+"""The CortexBench head is eai-vc's: FLARE fusion of the frame history, BatchNorm MLP, last
+layer started at 1 % scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pixio_robot.errors import PixioError
+from policies.configuration_cortexbench import CortexBenchConfig
+from policies.modeling_cortexbench import CortexBenchHead
+
+
+def test_flare_fusion_and_network_equal_eai_vc_on_fixed_inputs():
+    torch.manual_seed(0)
+    head = CortexBenchHead(CortexBenchConfig(), feature_dim=8, grid=(2, 2), state_dim=4, action_dim=3).eval()
+    e = torch.randn(5, 3, 8)  # frames t-2, t-1, t
+    state = torch.randn(5, 4)
+    # eai-vc: [e(t-1) - e(t-2), e(t) - e(t-1), e(t)], then the proprioception
+    x = torch.cat([e[:, 1] - e[:, 0], e[:, 2] - e[:, 1], e[:, 2], state], dim=1)
+    bn = head.net.input_norm
+    h = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    linears = [m for m in head.net.mlp if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [256, 256, 256, 3]
+    for m in linears[:-1]:
+        h = torch.relu(m(h))
+    expected = linears[-1](h)
+    torch.testing.assert_close(head({"global": e}, state)[:, 0], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_last_layer_starts_at_one_percent_and_stack_fusion_remains_available():
+    torch.manual_seed(0)
+    flare = CortexBenchHead(CortexBenchConfig(), 8, (2, 2), 4, 3)
+    torch.manual_seed(0)
+    plain = CortexBenchHead(CortexBenchConfig(fusion="stack", last_layer_scale=1.0), 8, (2, 2), 4, 3)
+    torch.testing.assert_close(flare.net.mlp[-1].weight, 0.01 * plain.net.mlp[-1].weight)
+    e = torch.randn(2, 3, 8)
+    assert torch.equal(plain.fuse(e), e.flatten(1))
+    with pytest.raises(PixioError, match="head.fusion='sum'"):
+        CortexBenchHead(CortexBenchConfig(fusion="sum"), 8, (2, 2), 4, 3)
