@@ -90,6 +90,7 @@ class CompareConfig:
 class ProbeConfig:
     encoder: str = field(default="sim_vitn16", metadata={"help": "Pixio checkpoint, bundled name or size name"})
     env: str = field(default="push", metadata={"help": "environment whose reset scenes are rendered"})
+    difficulty: str | None = field(default=None, metadata={"help": "own tasks: benchmark (default) or hard"})
     scenes: int = field(default=1000, metadata={"help": "scenes rendered (seeds from `seed` on)"})
     holdout: float = field(default=0.2, metadata={"help": "fraction of the scenes held out for the errors"})
     camera: str | None = field(default=None, metadata={"help": "camera (default: the environment's first)"})

@@ -140,12 +140,14 @@ def probe(cfg: ProbeConfig) -> dict:
         raise PixioError(f"out={cfg.out}: the result is a JSON file: name it *.json")
     from envs.registry import EnvSpec
 
-    EnvSpec.parse(cfg.env)  # an unknown environment is refused before the encoder is loaded
+    options = {} if cfg.difficulty is None else {"difficulty": cfg.difficulty}
+    EnvSpec.parse(cfg.env, **options).make().close()  # bad env options are refused before any work
     encoder = load_encoder(cfg.encoder).eval()
     size = cfg.image_size or int(encoder.config["img_size"][0])
     device = pick_device(cfg.device)
     started = time.perf_counter()
-    scenes = render_scenes(cfg.env, range(cfg.seed, cfg.seed + cfg.scenes), cfg.camera, size, cfg.progress)
+    seeds = range(cfg.seed, cfg.seed + cfg.scenes)
+    scenes = render_scenes(cfg.env, seeds, cfg.camera, size, cfg.progress, **options)
     test = np.arange(cfg.scenes) >= cfg.scenes - n_test  # the last seeds are held out
     truth = scenes.targets[test]
     rows = {"mean": rmse_cm(np.broadcast_to(scenes.targets[~test].mean(0), truth.shape), truth)}
@@ -163,6 +165,7 @@ def probe(cfg: ProbeConfig) -> dict:
         "format": FORMAT,
         "encoder": cfg.encoder,
         "env": cfg.env,
+        "difficulty": cfg.difficulty,
         "camera": cfg.camera,
         "image_size": size,
         "scenes": cfg.scenes,

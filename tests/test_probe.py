@@ -45,6 +45,7 @@ def test_probe_command_on_a_tiny_encoder(tmp_path, capsys):
         ("scenes=6", "scenes=6 is too few for a 20% hold-out"),
         ("holdout=1.5", "holdout=1.5: give a fraction between 0 and 1"),
         ("camera=nope", "unknown camera 'nope'"),
+        ("difficulty=easy", "difficulty='easy': choose benchmark or hard"),
     ],
 )
 def test_probe_refuses_bad_input_in_one_line(tmp_path, capsys, option, message):
