@@ -35,12 +35,18 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
         raise PixioError(f"unknown head {name!r}: choose one of {', '.join(HEAD_CONFIGS)}")
     cls = HEAD_CONFIGS[name]
     known = {f.name for f in dataclasses.fields(cls)}
+    if "fusion" in known and "fusion" not in value and set(value) >= known - {"fusion", "last_layer_scale"}:
+        # A complete head saved before FLARE fusion existed (every other option present): those
+        # heads stacked the frames and must keep doing so to give the actions they were trained for.
+        value = {**value, "fusion": "stack", "last_layer_scale": 1.0}
     unknown = sorted(set(value) - known)
     if unknown:
         raise PixioError(f"head {name} has no option {unknown[0]!r}: options are {', '.join(sorted(known))}")
     config = cls(**value)
     if config.history < 1 or config.chunk_size < 1:
         raise PixioError(f"head {name}: history and chunk_size must be at least 1")
+    if getattr(config, "fusion", "flare") not in ("flare", "stack"):
+        raise PixioError(f"head.fusion={config.fusion!r}: use flare or stack")
     if getattr(config, "n_action_steps", 1) > config.chunk_size:
         raise PixioError(f"head {name}: n_action_steps={config.n_action_steps} exceeds chunk_size={config.chunk_size}")
     return config

@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixio_robot.errors import PixioError
-
 from .configuration_cortexbench import CortexBenchConfig
 
 
@@ -18,7 +16,7 @@ class BatchNormMLP(nn.Module):
     """BatchNorm on the input, then Linear-ReLU(-Dropout) per hidden size, then Linear: the
     policy network of CortexBench (mjrl's `BatchNormMLP`)."""
 
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, dropout: float = 0.0):
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, dropout: float = 0.0, last_scale: float = 1.0):
         super().__init__()
         self.input_norm = nn.BatchNorm1d(in_dim)
         layers: list[nn.Module] = []
@@ -28,6 +26,9 @@ class BatchNormMLP(nn.Module):
                 layers.append(nn.Dropout(dropout))
             in_dim = width
         layers.append(nn.Linear(in_dim, out_dim))
+        with torch.no_grad():  # eai-vc starts the policy near zero actions (scale 0.01)
+            layers[-1].weight.mul_(last_scale)
+            layers[-1].bias.mul_(last_scale)
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,13 @@ def masked_loss(error: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
     return (error * keep).sum() / (keep.sum() * error.shape[-1]).clamp(min=1)
 
 
+def fuse_history(codes: torch.Tensor, fusion: str) -> torch.Tensor:
+    """(B, T, D) -> (B, T*D): FLARE's [c1 - c0, ..., c(T-1) - c(T-2), c(T-1)], or the frames."""
+    if fusion == "flare" and codes.shape[1] > 1:
+        codes = torch.cat([codes[:, 1:] - codes[:, :-1], codes[:, -1:]], dim=1)
+    return codes.flatten(1)
+
+
 class CortexBenchHead(nn.Module):
     inputs = ("global",)
 
@@ -51,19 +59,13 @@ class CortexBenchHead(nn.Module):
         super().__init__()
         self.config = config
         self.action_dim = action_dim
-        if config.fusion not in ("flare", "stack"):
-            raise PixioError(f"head.fusion={config.fusion!r}: use flare or stack")
         in_dim = config.history * feature_dim + (state_dim if config.use_state else 0)
-        self.net = BatchNormMLP(in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout)
-        with torch.no_grad():  # eai-vc starts the policy near zero actions
-            self.net.mlp[-1].weight.mul_(config.last_layer_scale)
-            self.net.mlp[-1].bias.mul_(config.last_layer_scale)
+        self.net = BatchNormMLP(
+            in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout, config.last_layer_scale
+        )
 
     def fuse(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T*D): FLARE's [e1 - e0, ..., e(T-1) - e(T-2), e(T-1)], or the frames."""
-        if self.config.fusion == "flare" and embeddings.shape[1] > 1:
-            embeddings = torch.cat([embeddings[:, 1:] - embeddings[:, :-1], embeddings[:, -1:]], dim=1)
-        return embeddings.flatten(1)
+        return fuse_history(embeddings, self.config.fusion)
 
     def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         """features["global"] (B, T, D), state (B, S) -> actions (B, k, A)."""

@@ -1,4 +1,5 @@
-"""The spatial head: a small CNN per frame over the patch-token grid, then the CortexBench MLP.
+"""The spatial head: a small CNN per frame over the patch-token grid, then the CortexBench MLP
+(the frame codes fused over the history and the last layer initialised as that head does).
 
 Pooling to one vector (the CortexBench head) throws away where things are; Theia's protocol
 keeps the grid and lets a few convolutions learn what to keep of it.
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .configuration_spatial import SpatialConfig
-from .modeling_cortexbench import BatchNormMLP, masked_loss
+from .modeling_cortexbench import BatchNormMLP, fuse_history, masked_loss
 
 
 class SpatialHead(nn.Module):
@@ -35,13 +36,16 @@ class SpatialHead(nn.Module):
             flat = self.cnn(torch.zeros(1, feature_dim, *grid)).shape[1]
         self.frame_code = nn.Sequential(nn.Linear(flat, config.frame_dim), nn.ReLU())
         in_dim = config.history * config.frame_dim + (state_dim if config.use_state else 0)
-        self.net = BatchNormMLP(in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout)
+        self.net = BatchNormMLP(
+            in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout, config.last_layer_scale
+        )
 
     def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         """features["patches"] (B, T, h, w, D), state (B, S) -> actions (B, k, A)."""
         patches = features["patches"]
         b = patches.shape[0]
-        x = self.frame_code(self.cnn(patches.flatten(0, 1).permute(0, 3, 1, 2))).reshape(b, -1)
+        codes = self.frame_code(self.cnn(patches.flatten(0, 1).permute(0, 3, 1, 2)))
+        x = fuse_history(codes.unflatten(0, (b, -1)), self.config.fusion)
         if self.config.use_state:
             x = torch.cat([x, state], dim=1)
         return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))

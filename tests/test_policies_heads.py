@@ -3,12 +3,15 @@ layer started at 1 % scale."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from pixio_robot.errors import PixioError
 from policies.configuration_cortexbench import CortexBenchConfig
+from policies.heads import head_config
 from policies.modeling_cortexbench import CortexBenchHead
 
 
@@ -38,4 +41,11 @@ def test_last_layer_starts_at_one_percent_and_stack_fusion_remains_available():
     e = torch.randn(2, 3, 8)
     assert torch.equal(plain.fuse(e), e.flatten(1))
     with pytest.raises(PixioError, match="head.fusion='sum'"):
-        CortexBenchHead(CortexBenchConfig(fusion="sum"), 8, (2, 2), 4, 3)
+        head_config({"name": "cortexbench", "fusion": "sum"})
+
+
+def test_a_head_saved_before_flare_keeps_stacking_its_frames():
+    saved = dataclasses.asdict(CortexBenchConfig())
+    del saved["fusion"], saved["last_layer_scale"]  # what config.json held before
+    assert head_config(saved).fusion == "stack"
+    assert head_config({"name": "cortexbench"}).fusion == "flare"  # a new head: eai-vc's
