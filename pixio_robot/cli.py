@@ -142,9 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(usage(command))
         return 0
+    show = _take_cfg_flag(rest)
+    multirun = any(a in ("-m", "--multirun") for a in rest)
+    rest = [a for a in rest if a not in ("-m", "--multirun")]
     try:
         overrides, values = parse_args(command, rest)
+        if multirun:
+            return sweep(command, overrides, values, show)
         cfg = compose_config(command.name, command.schema, overrides, values)
+        if show:
+            print(config_yaml(cfg), end="")
+            return 0
         return command(cfg)
     except PixioError as e:
         print(f"pixio-robot {name}: error: {e}", file=sys.stderr)
@@ -152,6 +160,79 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\npixio-robot {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _take_cfg_flag(rest: list[str]) -> bool:
+    """Hydra's `--cfg job` (also `--cfg=job`): print the composed config instead of running.
+    Removes the flag from `rest`."""
+    for i, a in enumerate(rest):
+        if a in ("--cfg", "-c") and i + 1 < len(rest) and rest[i + 1] == "job":
+            del rest[i : i + 2]
+            return True
+        if a == "--cfg=job":
+            del rest[i]
+            return True
+    return False
+
+
+def config_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def sweep(command: Command, overrides: list[str], values: dict, show: bool = False) -> int:
+    """Hydra's `-m`: every combination of the comma-separated (or range()) values, one run
+    after another, each into its own folder: `<out>/<key=value,...>`. Every combination is
+    composed (options and types checked) before the first run starts; a run that fails is
+    reported and the sweep goes on."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    axes = [[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in parsed if o.is_sweep_override()]
+    out_key = _out_key(command.schema)
+    if out_key is None:
+        raise PixioError(f"{command.name} writes no run folder: -m sweeps need a command with out= or run.dir=")
+    base = _lookup(compose_config(command.name, command.schema, fixed, values), out_key)
+    if base in (None, "???"):
+        raise PixioError(f"-m: give {out_key}=FOLDER: each run of the sweep gets a subfolder of it")
+    runs = []
+    for combo in itertools.product(*axes):
+        folder = f"{base}/{','.join(combo).replace('/', '_')}" if combo else str(base)
+        run_overrides = [*fixed, *combo, f"{out_key}={_quote(folder)}"]  # quoted: the name holds , and =
+        runs.append((combo, compose_config(command.name, command.schema, run_overrides, values)))
+    print(f"pixio-robot {command.name}: sweep of {len(runs)} run(s) into {base}/")
+    failed = 0
+    for i, (combo, cfg) in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {' '.join(combo) or '(no swept option)'}", flush=True)
+        if show:
+            print(config_yaml(cfg), end="")
+            continue
+        try:
+            code = command(cfg)
+        except PixioError as e:
+            print(f"pixio-robot {command.name}: error in run {i}: {e}", file=sys.stderr)
+            code = 2
+        failed += code != 0
+    if failed:
+        print(f"pixio-robot {command.name}: {failed} of {len(runs)} run(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _out_key(schema: type) -> str | None:
+    """The option naming a command's output folder (pre-training nests it as run.dir)."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    return "out" if "out" in names else "run.dir" if "run" in names else None
+
+
+def _lookup(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
 
 
 if __name__ == "__main__":
