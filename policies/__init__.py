@@ -21,6 +21,7 @@ _LAZY = {
     "head_config": "heads",
     "CortexBenchConfig": "configuration_cortexbench",
     "SpatialConfig": "configuration_spatial",
+    "KeypointsConfig": "configuration_keypoints",
     "ChunkingConfig": "configuration_chunking",
     "PixioConfig": "configuration_pixio",
     "PixioPolicy": "modeling_pixio",

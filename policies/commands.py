@@ -38,7 +38,7 @@ class TrainPolicyConfig:
     camera: str | None = field(default=None, metadata={"help": "camera to use (default: the dataset's first)"})
     head: Any = field(
         default=None,
-        metadata={"help": "cortexbench (default), spatial or chunking; head.<option>=... sets its options"},
+        metadata={"help": "cortexbench (default), keypoints, spatial or chunking; head.<option>=... sets its options"},
     )
     cache: str = field(
         default="auto", metadata={"help": "feature cache: auto, off (encode images every step), or a folder"}

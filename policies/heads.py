@@ -15,15 +15,22 @@ from pixio_robot.errors import PixioError
 
 from .configuration_chunking import ChunkingConfig
 from .configuration_cortexbench import CortexBenchConfig
+from .configuration_keypoints import KeypointsConfig
 from .configuration_spatial import SpatialConfig
 
-HEAD_CONFIGS: dict[str, type] = {"cortexbench": CortexBenchConfig, "spatial": SpatialConfig, "chunking": ChunkingConfig}
+HEAD_CONFIGS: dict[str, type] = {
+    "cortexbench": CortexBenchConfig,
+    "keypoints": KeypointsConfig,
+    "spatial": SpatialConfig,
+    "chunking": ChunkingConfig,
+}
 HEAD_MODULES = {
     "cortexbench": "policies.modeling_cortexbench:CortexBenchHead",
+    "keypoints": "policies.modeling_keypoints:KeypointsHead",
     "spatial": "policies.modeling_spatial:SpatialHead",
     "chunking": "policies.modeling_chunking:ChunkingHead",
 }
-HeadConfig = CortexBenchConfig | SpatialConfig | ChunkingConfig
+HeadConfig = CortexBenchConfig | KeypointsConfig | SpatialConfig | ChunkingConfig
 
 
 def head_config(value: dict | HeadConfig) -> HeadConfig:

@@ -49,3 +49,16 @@ def test_a_head_saved_before_flare_keeps_stacking_its_frames():
     del saved["fusion"], saved["last_layer_scale"]  # what config.json held before
     assert head_config(saved).fusion == "stack"
     assert head_config({"name": "cortexbench"}).fusion == "flare"  # a new head: eai-vc's
+
+
+def test_spatial_softmax_finds_a_hot_patch():
+    from policies.modeling_keypoints import SpatialSoftmax
+
+    layer = SpatialSoftmax(in_dim=4, keypoints=1, grid=(4, 8))
+    with torch.no_grad():
+        layer.score.weight.copy_(torch.tensor([[50.0, 0, 0, 0]]))
+        layer.score.bias.zero_()
+    patches = torch.zeros(1, 4, 8, 4)
+    patches[0, 3, 0, 0] = 1.0  # bottom-left patch
+    x, y = layer(patches)[0].tolist()
+    assert x == pytest.approx(-1.0, abs=1e-3) and y == pytest.approx(1.0, abs=1e-3)

@@ -129,7 +129,7 @@ def test_cache_of_another_checkpoint_is_refused_and_left_alone(dataset, tmp_path
     assert snapshot(folder) == before and snapshot(dataset) == data_before and not out.exists()
 
 
-@pytest.mark.parametrize("head", ["cortexbench", "spatial", "chunking"])
+@pytest.mark.parametrize("head", ["cortexbench", "keypoints", "spatial", "chunking"])
 def test_saved_policy_reloads_to_identical_actions(dataset, tmp_path, head):
     from lerobot.configs import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
