@@ -51,6 +51,10 @@ def fuse_history(codes: torch.Tensor, fusion: str) -> torch.Tensor:
 
 
 class CortexBenchHead(nn.Module):
+    """Per-frame codes (here the global embedding as it is) fused over the history, with the
+    state, through the BatchNorm MLP. The patch-grid heads (`spatial`, `keypoints`) are this head
+    with another frame code: they override `inputs`, `build_frame_encoder` and `frame_codes`."""
+
     inputs = ("global",)
 
     def __init__(
@@ -59,17 +63,26 @@ class CortexBenchHead(nn.Module):
         super().__init__()
         self.config = config
         self.action_dim = action_dim
-        in_dim = config.history * feature_dim + (state_dim if config.use_state else 0)
+        code_dim = self.build_frame_encoder(feature_dim, grid)
+        in_dim = config.history * code_dim + (state_dim if config.use_state else 0)
         self.net = BatchNormMLP(
             in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout, config.last_layer_scale
         )
 
-    def fuse(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return fuse_history(embeddings, self.config.fusion)
+    def build_frame_encoder(self, feature_dim: int, grid: tuple[int, int]) -> int:
+        """Build what turns one frame's features into its code; return the code's size."""
+        return feature_dim
+
+    def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, C) codes of the history's frames."""
+        return features["global"]
+
+    def fuse(self, codes: torch.Tensor) -> torch.Tensor:
+        return fuse_history(codes, self.config.fusion)
 
     def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
-        """features["global"] (B, T, D), state (B, S) -> actions (B, k, A)."""
-        x = self.fuse(features["global"])
+        """features (B, T, ...) and state (B, S) -> actions (B, k, A)."""
+        x = self.fuse(self.frame_codes(features))
         if self.config.use_state:
             x = torch.cat([x, state], dim=1)
         return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))

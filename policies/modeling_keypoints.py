@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .configuration_keypoints import KeypointsConfig
-from .modeling_cortexbench import BatchNormMLP, fuse_history, masked_loss
+from .modeling_cortexbench import CortexBenchHead
 
 
 class SpatialSoftmax(nn.Module):
@@ -31,30 +31,15 @@ class SpatialSoftmax(nn.Module):
         return torch.einsum("npk,pc->nkc", attention, self.pos).flatten(1)
 
 
-class KeypointsHead(nn.Module):
+class KeypointsHead(CortexBenchHead):
     inputs = ("patches",)
+    config: KeypointsConfig
 
-    def __init__(
-        self, config: KeypointsConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int
-    ):
-        super().__init__()
-        self.config = config
-        self.action_dim = action_dim
-        self.keypoints = SpatialSoftmax(feature_dim, config.keypoints, grid)
-        in_dim = config.history * 2 * config.keypoints + (state_dim if config.use_state else 0)
-        self.net = BatchNormMLP(
-            in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout, config.last_layer_scale
-        )
+    def build_frame_encoder(self, feature_dim: int, grid: tuple[int, int]) -> int:
+        self.keypoints = SpatialSoftmax(feature_dim, self.config.keypoints, grid)
+        return 2 * self.config.keypoints
 
-    def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
-        """features["patches"] (B, T, h, w, D), state (B, S) -> actions (B, k, A)."""
+    def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """features["patches"] (B, T, h, w, D) -> (B, T, 2 * keypoints)."""
         patches = features["patches"]
-        b = patches.shape[0]
-        codes = self.keypoints(patches.flatten(0, 1).float())
-        x = fuse_history(codes.unflatten(0, (b, -1)), self.config.fusion)
-        if self.config.use_state:
-            x = torch.cat([x, state], dim=1)
-        return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_loss((pred - target).square(), pad)
+        return self.keypoints(patches.flatten(0, 1).float()).unflatten(0, patches.shape[:2])

@@ -11,17 +11,15 @@ import torch
 from torch import nn
 
 from .configuration_spatial import SpatialConfig
-from .modeling_cortexbench import BatchNormMLP, fuse_history, masked_loss
+from .modeling_cortexbench import CortexBenchHead
 
 
-class SpatialHead(nn.Module):
+class SpatialHead(CortexBenchHead):
     inputs = ("patches",)
+    config: SpatialConfig
 
-    def __init__(self, config: SpatialConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int):
-        super().__init__()
-        self.config = config
-        self.action_dim = action_dim
-        reduce, mid, out = config.channels
+    def build_frame_encoder(self, feature_dim: int, grid: tuple[int, int]) -> int:
+        reduce, mid, out = self.config.channels
         stride = 2 if min(grid) >= 8 else 1  # keep at least a 4x4 grid
         self.cnn = nn.Sequential(
             nn.Conv2d(feature_dim, reduce, 1),
@@ -34,21 +32,11 @@ class SpatialHead(nn.Module):
         )
         with torch.no_grad():
             flat = self.cnn(torch.zeros(1, feature_dim, *grid)).shape[1]
-        self.frame_code = nn.Sequential(nn.Linear(flat, config.frame_dim), nn.ReLU())
-        in_dim = config.history * config.frame_dim + (state_dim if config.use_state else 0)
-        self.net = BatchNormMLP(
-            in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout, config.last_layer_scale
-        )
+        self.frame_code = nn.Sequential(nn.Linear(flat, self.config.frame_dim), nn.ReLU())
+        return self.config.frame_dim
 
-    def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
-        """features["patches"] (B, T, h, w, D), state (B, S) -> actions (B, k, A)."""
+    def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """features["patches"] (B, T, h, w, D) -> (B, T, frame_dim)."""
         patches = features["patches"]
-        b = patches.shape[0]
         codes = self.frame_code(self.cnn(patches.flatten(0, 1).permute(0, 3, 1, 2)))
-        x = fuse_history(codes.unflatten(0, (b, -1)), self.config.fusion)
-        if self.config.use_state:
-            x = torch.cat([x, state], dim=1)
-        return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_loss((pred - target).square(), pad)
+        return codes.unflatten(0, patches.shape[:2])
