@@ -188,7 +188,9 @@ class PixioViT(VisionTransformer):
                 f"the encoder takes normalised float images, got {x.dtype}: pass images through "
                 "pixio_robot.Preprocess (uint8 -> [0, 1] -> ImageNet mean/std)"
             )
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        # Checked in eval mode only (feature extraction, policies): in training it would cost a
+        # device sync per step, and the trainers' loss guard catches NaN there.
+        if not self.training and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
             raise PixioError("the image batch holds NaN or infinite values: check the images and their preprocessing")
         self.grid_size(x.shape[-2], x.shape[-1])
         x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))
