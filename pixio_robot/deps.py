@@ -17,16 +17,15 @@ from .errors import PixioError
 
 @functools.cache
 def _preload_libusb() -> None:
-    try:
-        ctypes.CDLL("libusb-1.0.so.0", mode=ctypes.RTLD_GLOBAL)  # the system's, where there is one
-        return
-    except OSError:
-        pass
+    # The PyPI copy first: it is always installed with the package, so every machine (CI
+    # included, whose FFmpeg packages pull in the system copy) runs the same path.
     import libusb_package
 
     path = libusb_package.get_library_path()
-    if path is not None:
-        ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    try:
+        ctypes.CDLL(str(path) if path is not None else "libusb-1.0.so.0", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        pass  # then open3d's own import names what is missing
 
 
 def open3d() -> ModuleType:

@@ -91,3 +91,18 @@ def test_view_names_a_broken_recording_and_a_missing_display(tmp_path, capsys, m
     assert main(["view", str(good)]) == 2
     err = capsys.readouterr().err
     assert "no display on this machine" in err and "web=true" in err and err.count("\n") == 1, err
+
+
+def test_open3d_runs_on_libusb_from_pypi():
+    """open3d's libusb comes from the libusb-package wheel, not the system (CI's FFmpeg
+    packages install a system copy, so this checks which one the process actually mapped)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pixio_robot.deps import open3d; open3d();"
+        "maps = open('/proc/self/maps').read();"
+        "print(any('libusb_package' in line for line in maps.splitlines()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
