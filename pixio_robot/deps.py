@@ -7,6 +7,7 @@ before open3d's own import satisfies the dynamic linker, so no apt step is neede
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import sys
@@ -22,10 +23,8 @@ def _preload_libusb() -> None:
     import libusb_package
 
     path = libusb_package.get_library_path()
-    try:
+    with contextlib.suppress(OSError):  # then open3d's own import names what is missing
         ctypes.CDLL(str(path) if path is not None else "libusb-1.0.so.0", mode=ctypes.RTLD_GLOBAL)
-    except OSError:
-        pass  # then open3d's own import names what is missing
 
 
 def open3d() -> ModuleType:
