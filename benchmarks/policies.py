@@ -50,11 +50,11 @@ def training_rates(dataset: Path, encoder: str, batch: int, rounds: int, cached_
     optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
 
     t = time.perf_counter()
-    cache = cache_features(dataset, encoder, seed=seed, location=str(dataset.parent / "bench_cache"), progress=False)
+    [cache] = cache_features(dataset, encoder, seed=seed, location=str(dataset.parent / "bench_cache"), progress=False)
     build_s = time.perf_counter() - t
     sources = {
-        "cache": CachedFeatures(cache, ("global",)),
-        "images": EncodedImages(demos.decode_frames(), policy, True),
+        "cache": CachedFeatures([cache], ("global",)),
+        "images": EncodedImages([demos.decode_frames()], policy, True),
     }
     states, actions = torch.from_numpy(demos.states), torch.from_numpy(demos.actions)
     generator = torch.Generator().manual_seed(0)

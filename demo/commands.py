@@ -16,8 +16,8 @@ class DemoConfig:
         default="metaworld/drawer-open",
         metadata={"help": "task to learn: metaworld/<task> or an own task (reach, push, ...)"},
     )
-    camera: str | None = field(
-        default=None, metadata={"help": "camera the policy sees (default: front; corner2 on MetaWorld)"}
+    cameras: list[str] | None = field(
+        default=None, metadata={"help": "cameras the policy sees (default: [front]; [corner2] on MetaWorld)"}
     )
     demos: int = field(default=50, metadata={"help": "scripted demonstrations to record"})
     epochs: int = field(default=100, metadata={"help": "training epochs of the CortexBench head"})

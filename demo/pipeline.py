@@ -51,7 +51,7 @@ def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
     collect(
         CollectConfig(
             env=cfg.task,
-            cameras=[cfg.camera or ("corner2" if cfg.task.startswith("metaworld/") else "front")],
+            cameras=_cameras(cfg),
             image_size=cfg.image_size,
             episodes=cfg.demos,
             out=str(folder),
@@ -64,6 +64,10 @@ def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
     return {"path": str(folder), "episodes": info["total_episodes"], "frames": info["total_frames"]}
 
 
+def _cameras(cfg: DemoConfig) -> list[str]:
+    return list(cfg.cameras or ["corner2" if cfg.task.startswith("metaworld/") else "front"])
+
+
 def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
     from policies.commands import TrainPolicyConfig
     from policies.train import train_policy
@@ -73,6 +77,7 @@ def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
         TrainPolicyConfig(
             dataset=done["dataset"]["path"],
             encoder=cfg.encoder,
+            cameras=_cameras(cfg),
             head={"name": "cortexbench"},
             epochs=cfg.epochs,
             seed=cfg.seed,
@@ -86,7 +91,7 @@ def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
         "epochs": result.epochs,
         "final_loss": result.losses[-1],
         "loss_plot": str(folder / "loss.png"),
-        "cache": str(result.cache.path) if result.cache is not None else None,
+        "cache": [str(c.path) for c in result.caches],
     }
 
 

@@ -17,7 +17,8 @@ cache; a cache built before the dataset changed (episodes appended, re-recorded)
 place; a cache lacking an array a head needs is rebuilt with it. A folder is built under a
 temporary name and renamed into place whole, so an interrupted build leaves nothing half-made.
 A cache folder given explicitly (`cache=<folder>`) whose encoder or settings differ from the
-run's is refused, never overwritten.
+run's is refused, never overwritten. A policy reading several cameras has one cache per camera
+(with `cache=<folder>`: `<folder>/<camera>`).
 """
 
 from __future__ import annotations
@@ -161,12 +162,12 @@ def build_cache(
     arrays: list[str],
     progress: bool = True,
 ) -> FeatureCache:
-    frames = demos.decode_frames()
+    frames = demos.decode_frames(key.camera)
     dtype = DTYPES[key.dtype]
     block = extractor.blocks[0]
     with atomic_dir(folder) as tmp:
         out: dict[str, np.ndarray] = {}
-        for start, feats in extractor.batches(frames, progress=progress, desc=f"features {demos.camera}"):
+        for start, feats in extractor.batches(frames, progress=progress, desc=f"features {key.camera}"):
             parts = {"global": feats["global"]}
             if "patches" in arrays:
                 parts["patches"] = feats[f"patches.block{block}"]

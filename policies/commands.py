@@ -35,7 +35,9 @@ class TrainPolicyConfig:
     encoder_weights: str | None = field(default=None, metadata={"help": "weights file for a timm:<model> encoder"})
     layer: int = field(default=-1, metadata={"help": "encoder block the head reads (negative from the end)"})
     image_size: int | None = field(default=None, metadata={"help": "encoder input size (default: the dataset's)"})
-    camera: str | None = field(default=None, metadata={"help": "camera to use (default: the dataset's first)"})
+    cameras: list[str] | None = field(
+        default=None, metadata={"help": "cameras the head reads, e.g. [front,wrist] (default: the dataset's first)"}
+    )
     head: Any = field(
         default=None,
         metadata={"help": "cortexbench (default), keypoints, spatial or chunking; head.<option>=... sets its options"},

@@ -1,10 +1,11 @@
 """Configuration of a Pixio behaviour-cloning policy, a LeRobot `PreTrainedConfig` ("pixio").
 
 It describes the whole policy: the frozen backbone (architecture spec and weights hash; the
-weights live in the policy's `model.safetensors`), which block and image size and camera it
-reads, the head (its config as a dict, see `heads.py`), and the environment it was trained
-for. LeRobot's fields (`input_features`, `output_features`, `n_obs_steps`, `device`, ...) are
-filled in from those, so LeRobot's factory and training/evaluation scripts can drive it.
+weights live in the policy's `model.safetensors`), which block and image size and cameras it
+reads (one or several: see `cameras`), the head (its config as a dict, see `heads.py`), and
+the environment it was trained for. LeRobot's fields (`input_features`, `output_features`,
+`n_obs_steps`, `device`, ...) are filled in from those, so LeRobot's factory and
+training/evaluation scripts can drive it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class PixioConfig(PreTrainedConfig):
     encoder_sha256: str = ""
     layer: int = -1  # block whose tokens the head reads (normalised index for Pixio, -1 for timm)
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # encoder input (H, W)
-    camera: str = "front"
+    # Cameras the head reads. Several are joined per frame: global embeddings concatenated, patch
+    # grids side by side (h x V*w), so every head reads them without knowing there are several.
+    cameras: list[str] = field(default_factory=lambda: ["front"])
     head: dict[str, Any] = field(default_factory=lambda: {"name": "cortexbench"})
     env: dict[str, Any] | None = None  # envs.EnvSpec.to_dict() of the environment trained for
     dataset: str | None = None
@@ -54,16 +57,16 @@ class PixioConfig(PreTrainedConfig):
         return head_config(self.head)
 
     @property
-    def image_key(self) -> str:
-        return f"observation.images.{self.camera}"
+    def image_keys(self) -> list[str]:
+        return [f"observation.images.{camera}" for camera in self.cameras]
 
     @staticmethod
-    def features_for(camera: str, image_hw: tuple[int, int], state_dim: int, action_dim: int) -> tuple[dict, dict]:
-        """LeRobot's (input_features, output_features) for one camera, state and action."""
-        inputs = {
-            f"observation.images.{camera}": PolicyFeature(FeatureType.VISUAL, (3, *image_hw)),
-            "observation.state": PolicyFeature(FeatureType.STATE, (state_dim,)),
-        }
+    def features_for(
+        cameras: list[str], image_hw: tuple[int, int], state_dim: int, action_dim: int
+    ) -> tuple[dict, dict]:
+        """LeRobot's (input_features, output_features) for the cameras, state and action."""
+        inputs = {f"observation.images.{c}": PolicyFeature(FeatureType.VISUAL, (3, *image_hw)) for c in cameras}
+        inputs["observation.state"] = PolicyFeature(FeatureType.STATE, (state_dim,))
         return inputs, {"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}
 
     @property
@@ -94,7 +97,10 @@ class PixioConfig(PreTrainedConfig):
         return None
 
     def validate_features(self) -> None:
-        if self.image_key not in (self.input_features or {}):
-            raise PixioError(f"the policy reads camera {self.camera!r} but its inputs have no {self.image_key}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise PixioError(f"cameras={self.cameras}: name one or more different cameras")
+        for camera, key in zip(self.cameras, self.image_keys, strict=True):
+            if key not in (self.input_features or {}):
+                raise PixioError(f"the policy reads camera {camera!r} but its inputs have no {key}")
         if "observation.state" not in self.input_features or "action" not in (self.output_features or {}):
             raise PixioError("the policy needs observation.state among its inputs and action among its outputs")

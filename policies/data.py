@@ -1,9 +1,9 @@
 """Demonstrations for behaviour cloning: a recorded LeRobot dataset as arrays and sample windows.
 
-`Demonstrations.load(root, camera)` reads a dataset written by `pixio-robot collect` (through
+`Demonstrations.load(root, cameras)` reads a dataset written by `pixio-robot collect` (through
 `envs.dataset.load_dataset`, i.e. LeRobot's own reader): per-frame states and actions, episode
 boundaries, the dataset's normalisation statistics (`meta/stats.json`), the environment it was
-recorded in, and - on request - every frame of one camera, decoded once in file order.
+recorded in, and - on request - every frame of one of the cameras, decoded once in file order.
 
 A training sample is a frame index `i`: its observation history is frames `i-T+1 .. i` of the
 same episode (repeating the episode's first frame before it starts, as LeRobot's delta
@@ -29,17 +29,18 @@ from pixio_robot.errors import PixioError
 class Demonstrations:
     root: Path
     meta: dict  # meta/pixio_env.json
-    camera: str
+    cameras: list[str]  # the ones asked for (default: the dataset's first)
     states: np.ndarray  # (N, S) float32
     actions: np.ndarray  # (N, A) float32
     episode_start: np.ndarray  # (N,) int64: first frame of each frame's episode
     episode_end: np.ndarray  # (N,) int64: one past its last frame
     stats: dict  # feature -> {"mean", "std", ...} as float32 arrays
-    video_files: list[tuple[Path, float, float]]  # per episode: (file, from_timestamp, to_timestamp)
+    # camera -> per episode: (file, from_timestamp, to_timestamp)
+    video_files: dict[str, list[tuple[Path, float, float]]]
 
     @classmethod
-    def load(cls, root: str | os.PathLike, camera: str | None = None) -> Demonstrations:
-        """The dataset at `root`; `camera` defaults to its first camera."""
+    def load(cls, root: str | os.PathLike, cameras: str | list[str] | None = None) -> Demonstrations:
+        """The dataset at `root`, read through `cameras` (one name or several; default: its first)."""
         import envs
 
         root = Path(root)
@@ -50,14 +51,17 @@ class Demonstrations:
                 f"dataset={root} is an empty folder: record demonstrations into it with pixio-robot collect"
             )
         meta = envs.read_env_metadata(root)
-        cameras = list(meta["cameras"])
-        camera = camera or (cameras[0] if cameras else None)
-        if camera not in cameras:
-            have = ", ".join(cameras) if cameras else "none"
-            raise PixioError(
-                f"dataset={root} has no camera {camera!r} (it has: {have}): pass camera=<one of them>, "
-                "or record the dataset with that camera"
-            )
+        recorded = list(meta["cameras"])
+        cameras = [cameras] if isinstance(cameras, str) else list(cameras or recorded[:1])
+        for camera in cameras:
+            if camera not in recorded:
+                have = ", ".join(recorded) if recorded else "none"
+                raise PixioError(
+                    f"dataset={root} has no camera {camera!r} (it has: {have}): pass cameras=[...] of those, "
+                    "or record the dataset with that camera (collect cameras=[...])"
+                )
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise PixioError(f"cameras={cameras}: name one or more different cameras")
         if not meta.get("episodes"):
             raise PixioError(f"dataset={root} holds no episodes: record demonstrations with pixio-robot collect")
         current = list(envs.EnvSpec.from_dict(meta["env"]).state_names)
@@ -81,15 +85,17 @@ class Demonstrations:
         start = np.asarray(episodes["dataset_from_index"], np.int64)
         stop = np.asarray(episodes["dataset_to_index"], np.int64)
         lengths = stop - start
-        key = f"observation.images.{camera}"
-        videos = [
-            (
-                root / ds.meta.get_video_file_path(e, key),
-                float(episodes[f"videos/{key}/from_timestamp"][e]),
-                float(episodes[f"videos/{key}/to_timestamp"][e]),
-            )
-            for e in range(len(start))
-        ]
+        videos = {}
+        for camera in cameras:
+            key = f"observation.images.{camera}"
+            videos[camera] = [
+                (
+                    root / ds.meta.get_video_file_path(e, key),
+                    float(episodes[f"videos/{key}/from_timestamp"][e]),
+                    float(episodes[f"videos/{key}/to_timestamp"][e]),
+                )
+                for e in range(len(start))
+            ]
         stats = {
             k: {s: np.asarray(v, np.float32) for s, v in d.items()}
             for k, d in ds.meta.stats.items()
@@ -98,7 +104,7 @@ class Demonstrations:
         return cls(
             root=root,
             meta=meta,
-            camera=camera,
+            cameras=cameras,
             states=states,
             actions=actions,
             episode_start=np.repeat(start, lengths),
@@ -114,7 +120,7 @@ class Demonstrations:
 
     @property
     def num_episodes(self) -> int:
-        return len(self.video_files)
+        return len(self.video_files[self.cameras[0]])
 
     @property
     def fps(self) -> int:
@@ -122,7 +128,8 @@ class Demonstrations:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        cam = self.meta["cameras"][self.camera]
+        """(H, W) of the frames; every camera of a dataset records the same size (collect's image_size)."""
+        cam = self.meta["cameras"][self.cameras[0]]
         return int(cam["height"]), int(cam["width"])
 
     @property
@@ -140,8 +147,8 @@ class Demonstrations:
 
     # ---- frames ----------------------------------------------------------------------------
 
-    def decode_frames(self) -> np.ndarray:
-        """Every frame of the camera, (N, H, W, 3) uint8, in dataset order.
+    def decode_frames(self, camera: str | None = None) -> np.ndarray:
+        """Every frame of `camera` (default: the first one read), (N, H, W, 3) uint8, in dataset order.
 
         Each video file is decoded once, front to back (LeRobot's per-item access seeks and
         decodes around every frame, which costs ~100x more for a whole dataset)."""
@@ -151,7 +158,7 @@ class Demonstrations:
         out = np.empty((len(self), h, w, 3), np.uint8)
         by_file: dict[Path, list[tuple[int, float, float]]] = {}
         starts = np.unique(self.episode_start)
-        for e, (path, t0, t1) in enumerate(self.video_files):
+        for e, (path, t0, t1) in enumerate(self.video_files[camera or self.cameras[0]]):
             by_file.setdefault(path, []).append((int(starts[e]), t0, t1))
         half_frame = 0.5 / self.fps
         for path, spans in by_file.items():

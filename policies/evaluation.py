@@ -59,8 +59,7 @@ class EnvPolicy:
 
         check_env(policy.config, envs.EnvSpec(env.spec.id, dict(env.spec.kwargs)), env)
         self.policy = policy.eval()
-        self.key = policy.config.image_key
-        self.camera = policy.config.camera
+        self.keys = policy.config.image_keys
         self.cameras = list(getattr(env.unwrapped, "cameras", {}) or {})
 
     def reset(self, seed: int | None = None) -> None:
@@ -72,10 +71,8 @@ class EnvPolicy:
         import envs
 
         feats = envs.observation_features(obs, self.cameras)
-        batch = {
-            self.key: feats[self.key][None],  # (1, H, W, 3) uint8, as the cache saw it
-            "observation.state": torch.from_numpy(np.asarray(feats["observation.state"], np.float32))[None],
-        }
+        batch = {key: feats[key][None] for key in self.keys}  # (1, H, W, 3) uint8, as the cache saw them
+        batch["observation.state"] = torch.from_numpy(np.asarray(feats["observation.state"], np.float32))[None]
         return self.policy.select_action(batch)[0].cpu().numpy().astype(np.float32)
 
 

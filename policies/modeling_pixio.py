@@ -4,6 +4,9 @@
     policy.reset()
     action = policy.select_action({"observation.images.front": image, "observation.state": state})
 
+A policy may read several cameras (`config.cameras`, e.g. front and wrist): each frame's
+features are then joined across them (`join_views`) before the head sees them.
+
 Parts: `backbone` (frozen: Pixio or a timm model, see `backbones.py`), `head` (trainable, see
 `heads.py`) and the dataset's normalisation statistics (buffers: state and action mean/std).
 Everything is in `model.safetensors`, so a saved policy needs no other file.
@@ -59,9 +62,11 @@ class PixioPolicy(PreTrainedPolicy):
         h, w = config.image_size
         if h % patch or w % patch:
             raise PixioError(f"image_size={h}x{w} is not a multiple of the backbone's input stride {patch}")
-        self.grid = (h // patch, w // patch)
+        views = len(config.cameras)
+        self.grid = (h // patch, views * (w // patch))  # the cameras' grids side by side
         self.inputs = head_inputs(hc)
-        self.head = make_head(hc, self.backbone.embed_dim, self.grid, config.state_dim, config.action_dim)
+        feature_dim = self.backbone.embed_dim * (views if "global" in self.inputs else 1)  # embeddings concatenated
+        self.head = make_head(hc, feature_dim, self.grid, config.state_dim, config.action_dim)
         for name, dim in (("state", config.state_dim), ("action", config.action_dim)):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
@@ -124,6 +129,10 @@ class PixioPolicy(PreTrainedPolicy):
         # .clone(): the extractor runs in inference mode, whose tensors autograd refuses to save
         return {k: torch.cat(v).to(device).clone() for k, v in parts.items()}
 
+    def encode_views(self, batch: dict, batch_size: int | None = None) -> dict[str, Tensor]:
+        """`encode` of every camera's frames in `batch` (keyed as `config.image_keys`), joined."""
+        return join_views([self.encode(batch[key], batch_size) for key in self.config.image_keys])
+
     # ---- training --------------------------------------------------------------------------
 
     def loss_from_features(
@@ -144,17 +153,19 @@ class PixioPolicy(PreTrainedPolicy):
         return loss, {"loss": float(loss.detach())}
 
     def _batch_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        images = batch[self.config.image_key]
-        if images.ndim == 4:
-            images = images[:, None]
-        b, t = images.shape[:2]
         history = self.config.head_config.history
-        if t == 1 and history > 1:
-            images = images.expand(-1, history, -1, -1, -1)
-        elif t != history:
-            raise PixioError(f"batch has {t} frames per sample; this policy's history is {history}")
-        flat = self.encode(images.flatten(0, 1))
-        return {k: v.unflatten(0, (b, history)) for k, v in flat.items()}
+        frames = {}
+        for key in self.config.image_keys:
+            images = batch[key]
+            if images.ndim == 4:
+                images = images[:, None]
+            b, t = images.shape[:2]
+            if t == 1 and history > 1:
+                images = images.expand(-1, history, -1, -1, -1)
+            elif t != history:
+                raise PixioError(f"batch has {t} frames per sample; this policy's history is {history}")
+            frames[key] = images.flatten(0, 1)
+        return {k: v.unflatten(0, (b, history)) for k, v in self.encode_views(frames).items()}
 
     def get_optim_params(self):
         return self.head.parameters()
@@ -190,10 +201,9 @@ class PixioPolicy(PreTrainedPolicy):
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
         """One step: (B, A) actions for one observation per sample (image (B, 3, H, W) in [0, 1]
         or uint8, or (B, H, W, 3) uint8; state (B, S)). Call `eval()` first (LeRobot does)."""
-        image = batch[self.config.image_key]
         state = torch.as_tensor(batch["observation.state"], device=self.state_mean.device)
         state = state[None] if state.ndim == 1 else state
-        frame = self.encode(image)
+        frame = self.encode_views(batch)
         self._history.append(frame)
         while len(self._history) < self._history.maxlen:  # episode start: repeat the first frame
             self._history.appendleft(frame)
@@ -208,6 +218,14 @@ class PixioPolicy(PreTrainedPolicy):
         steps = self.config.head_config.n_action_steps
         self._queue.extend(chunk[:, i] for i in range(1, steps))
         return chunk[:, 0]
+
+
+def join_views(views: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """One frame's features from several cameras' (same frames, same order): global embeddings
+    concatenated (..., V*D), patch grids side by side (..., h, V*w, D)."""
+    if len(views) == 1:
+        return views[0]
+    return {k: torch.cat([v[k] for v in views], dim=-1 if k == "global" else -2) for k in views[0]}
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -243,11 +261,15 @@ def load_policy_config(folder: str | Path, device: str = "cpu") -> PixioConfig:
             "folder such as runs/<name>/checkpoints/best"
         )
     try:
-        kind = json.loads(config_file.read_text()).get("type")
+        saved = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise PixioError(f"{config_file}: unreadable ({e})") from None
-    if kind != "pixio":
-        raise PixioError(f"policy={folder} is a LeRobot {kind!r} policy, not a pixio one")
+    if saved.get("type") != "pixio":
+        raise PixioError(f"policy={folder} is a LeRobot {saved.get('type')!r} policy, not a pixio one")
+    if "camera" in saved:
+        raise PixioError(
+            f"policy={folder} was saved by an earlier version (one `camera` field, not `cameras`): train it again"
+        )
     return PixioConfig.from_pretrained(folder, cli_overrides=[f"--device={device}"])
 
 

@@ -52,7 +52,7 @@ from .configuration_cortexbench import CortexBenchConfig
 from .configuration_pixio import PixioConfig
 from .data import Demonstrations
 from .heads import HeadConfig, head_config, head_inputs
-from .modeling_pixio import PixioPolicy, save_policy
+from .modeling_pixio import PixioPolicy, join_views, save_policy
 
 TRAIN_STATE = "training_state.safetensors"
 # Options that may change when a run is resumed; every other one must match.
@@ -68,7 +68,7 @@ class TrainResult:
     epochs: int
     losses: list[float]  # mean training loss per epoch (this session's and earlier ones)
     best_success: float | None
-    cache: FeatureCache | None
+    caches: list[FeatureCache]  # one per camera (none with cache=off)
     seconds: float
 
 
@@ -76,30 +76,33 @@ class TrainResult:
 
 
 class CachedFeatures:
-    """Features of frame indices from the memory-mapped cache."""
+    """Features of frame indices from the memory-mapped caches (one per camera), joined."""
 
-    def __init__(self, cache: FeatureCache, inputs: tuple[str, ...]):
-        self.cache, self.inputs = cache, inputs
+    def __init__(self, caches: list[FeatureCache], inputs: tuple[str, ...]):
+        self.caches, self.inputs = caches, inputs
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return {k: self.cache.gather(k, frames) for k in self.inputs}
+        return join_views([{k: cache.gather(k, frames) for k in self.inputs} for cache in self.caches])
 
 
 class EncodedImages:
-    """Features of frame indices computed from the decoded images at every step, with random
-    shifts (DrQ-style: pad 4 pixels by replication, crop back at a random offset)."""
+    """Features of frame indices computed from the decoded images (one array per camera) at
+    every step, with random shifts (DrQ-style: pad 4 pixels by replication, crop back at a
+    random offset)."""
 
-    def __init__(self, frames: np.ndarray, policy: PixioPolicy, augment: bool, pad: int = 4):
-        self.frames = torch.from_numpy(frames)  # (N, H, W, 3) uint8
+    def __init__(self, frames: list[np.ndarray], policy: PixioPolicy, augment: bool, pad: int = 4):
+        self.frames = [torch.from_numpy(f) for f in frames]  # per camera (N, H, W, 3) uint8
         self.policy, self.augment, self.pad = policy, augment, pad
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         unique, inverse = torch.unique(frames, return_inverse=True)
-        images = self.frames[unique].permute(0, 3, 1, 2).float().div_(255)
-        if self.augment:
-            images = random_shift(images, self.pad, generator)
-        feats = self.policy.encode(images)
-        return {k: v[inverse] for k, v in feats.items()}
+        views = []
+        for camera_frames in self.frames:
+            images = camera_frames[unique].permute(0, 3, 1, 2).float().div_(255)
+            if self.augment:
+                images = random_shift(images, self.pad, generator)
+            views.append(self.policy.encode(images))
+        return {k: v[inverse] for k, v in join_views(views).items()}
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -129,7 +132,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     last_dir, best_dir = out / "checkpoints/last", out / "checkpoints/best"
     resumed = _check_out(out, cfg, config_dict, _resumable(out))
 
-    demos = Demonstrations.load(cfg.dataset, cfg.camera)
+    demos = Demonstrations.load(cfg.dataset, cfg.cameras)
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -139,15 +142,16 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     pconfig = policy.config
     optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
     inputs_needed = head_inputs(hc)
-    cache = None
+    caches = []
     if cfg.cache != "off":
-        cache = _ensure_cache(
+        caches = _ensure_caches(
             demos, backbone, spec, pconfig, "patches" in inputs_needed, cfg.cache, cfg.cache_dtype, cfg.progress
         )
-        source = CachedFeatures(cache, inputs_needed)
-        print(f"features: {'built' if cache.built else 'reused'} {cache.path}", file=sys.stderr)
+        source = CachedFeatures(caches, inputs_needed)
+        for cache in caches:
+            print(f"features: {'built' if cache.built else 'reused'} {cache.path}", file=sys.stderr)
     else:
-        source = EncodedImages(demos.decode_frames(), policy, cfg.augment)
+        source = EncodedImages([demos.decode_frames(c) for c in demos.cameras], policy, cfg.augment)
 
     state = {"epoch": 0, "step": 0, "best_success": None, "best_epoch": None, "losses": []}
     if resumed:
@@ -237,12 +241,12 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
         "best_is": "best validation success" if state["best_epoch"] else "last (nothing evaluated)",
         "frames": n,
         "episodes": demos.num_episodes,
-        "cache": None if cache is None else {"path": str(cache.path), "built": cache.built},
+        "cache": [{"path": str(c.path), "built": c.built} for c in caches] or None,
         "encoder_sha256": pconfig.encoder_sha256,
         "seconds": elapsed,
     }
     write_json(out / "summary.json", summary)
-    return TrainResult(out, last_dir, best_dir, state["epoch"], state["losses"], state["best_success"], cache, elapsed)
+    return TrainResult(out, last_dir, best_dir, state["epoch"], state["losses"], state["best_success"], caches, elapsed)
 
 
 def make_policy(
@@ -254,11 +258,11 @@ def make_policy(
     image_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> PixioPolicy:
-    """A fresh policy for a dataset: its camera, state and action sizes, normalisation
-    statistics and environment, on a built backbone (see `backbones.load_backbone`)."""
+    """A fresh policy for a dataset: the cameras it was loaded with, state and action sizes,
+    normalisation statistics and environment, on a built backbone (see `backbones.load_backbone`)."""
     device = torch.device(device)
     inputs, outputs = PixioConfig.features_for(
-        demos.camera, demos.image_shape, demos.states.shape[1], demos.actions.shape[1]
+        demos.cameras, demos.image_shape, demos.states.shape[1], demos.actions.shape[1]
     )
     config = PixioConfig(
         device=device.type,
@@ -266,7 +270,7 @@ def make_policy(
         encoder_sha256=weights_sha256(backbone),
         layer=backbone.block_indices(layer)[0],
         image_size=[image_size, image_size] if image_size else list(demos.image_shape),
-        camera=demos.camera,
+        cameras=list(demos.cameras),
         head=dataclasses.asdict(head or CortexBenchConfig()),
         env=demos.spec.to_dict(),
         dataset=str(demos.root),
@@ -284,23 +288,23 @@ def cache_features(
     encoder_weights: str | None = None,
     layer: int = -1,
     image_size: int | None = None,
-    camera: str | None = None,
+    cameras: str | list[str] | None = None,
     patches: bool = False,
     location: str = "auto",
     dtype: str = "float16",
     seed: int = 100,
     progress: bool = True,
-) -> FeatureCache:
-    """Encode a dataset's frames into its feature cache now (train-policy does it on its first
-    run; the arguments mean what train-policy's options of the same names do, and the same
-    values give the cache train-policy will reuse)."""
-    demos = Demonstrations.load(dataset, camera)
+) -> list[FeatureCache]:
+    """Encode a dataset's frames into its feature caches now, one per camera (train-policy does
+    it on its first run; the arguments mean what train-policy's options of the same names do,
+    and the same values give the caches train-policy will reuse)."""
+    demos = Demonstrations.load(dataset, cameras)
     backbone, spec = load_backbone(encoder, encoder_init, encoder_weights, seed=seed)
     policy = make_policy(demos, backbone, spec, layer=layer, image_size=image_size)
-    return _ensure_cache(demos, backbone, spec, policy.config, patches, location, dtype, progress)
+    return _ensure_caches(demos, backbone, spec, policy.config, patches, location, dtype, progress)
 
 
-def _ensure_cache(
+def _ensure_caches(
     demos: Demonstrations,
     backbone,
     spec: dict,
@@ -309,15 +313,20 @@ def _ensure_cache(
     location: str,
     dtype: str,
     progress: bool,
-) -> FeatureCache:
+) -> list[FeatureCache]:
     from pixio_robot.extract import FeatureExtractor
 
-    key = CacheKey(spec["name"], config.encoder_sha256, config.layer, tuple(config.image_size), demos.camera, dtype)
     device = pick_device(config.device)
     extractor = FeatureExtractor(
         backbone, tuple(config.image_size), [config.layer], patches, config.encode_batch_size, device
     )
-    return ensure_cache(demos, extractor, key, patches, location, progress)
+    caches = []
+    for camera in demos.cameras:
+        key = CacheKey(spec["name"], config.encoder_sha256, config.layer, tuple(config.image_size), camera, dtype)
+        # an explicit cache folder holds one camera's features: several cameras get a subfolder each
+        where = location if location in ("auto", "", None) or len(demos.cameras) == 1 else str(Path(location) / camera)
+        caches.append(ensure_cache(demos, extractor, key, patches, where, progress))
+    return caches
 
 
 def _check_options(cfg: TrainPolicyConfig) -> None:

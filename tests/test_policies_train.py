@@ -61,7 +61,7 @@ def test_cortexbench_head_loss_falls_and_run_folder_is_complete(dataset, tmp_pat
     out = tmp_path / "run"
     assert main(train_args(dataset, out, "epochs=12", "batch_size=32", "seed=1")) == 0
     s = summary(out)
-    assert s["epochs"] == 12 and s["cache"]["path"].startswith(str(dataset / "features"))
+    assert s["epochs"] == 12 and s["cache"][0]["path"].startswith(str(dataset / "features"))
     assert s["final_loss"] < 0.5 * s["first_loss"], (s["first_loss"], s["final_loss"])
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -83,8 +83,8 @@ def test_cache_reused_on_second_run_and_rebuilt_when_the_checkpoint_changes(data
     encoder = tmp_path / "encoder.safetensors"
     torch.manual_seed(0)
     pixio_robot.save_encoder(pixio_robot.create_encoder("vitn16"), encoder)
-    first = cache_features(dataset, str(encoder), progress=False)
-    again = cache_features(dataset, str(encoder), progress=False)
+    [first] = cache_features(dataset, str(encoder), progress=False)
+    [again] = cache_features(dataset, str(encoder), progress=False)
     assert first.built and not again.built and again.path == first.path
     n_frames = json.loads((dataset / "meta/info.json").read_text())["total_frames"]
     assert first.arrays["global"].shape == (n_frames, 128) and isinstance(again.arrays["global"], np.memmap)
@@ -92,12 +92,12 @@ def test_cache_reused_on_second_run_and_rebuilt_when_the_checkpoint_changes(data
 
     out = tmp_path / "run"
     assert main(train_args(dataset, out, f"encoder={encoder}", "epochs=1")) == 0
-    assert summary(out)["cache"] == {"path": str(first.path), "built": False}
+    assert summary(out)["cache"] == [{"path": str(first.path), "built": False}]
     assert (first.path / "global.npy").stat().st_mtime_ns == stamp
 
     torch.manual_seed(1)  # same file, other weights: another key, a new cache
     pixio_robot.save_encoder(pixio_robot.create_encoder("vitn16"), encoder)
-    changed = cache_features(dataset, str(encoder), progress=False)
+    [changed] = cache_features(dataset, str(encoder), progress=False)
     assert changed.built and changed.path != first.path and first.path.exists()
     assert not np.allclose(np.asarray(changed.arrays["global"]), np.asarray(first.arrays["global"]))
     manifest = json.loads((changed.path / "manifest.json").read_text())
@@ -107,7 +107,7 @@ def test_cache_reused_on_second_run_and_rebuilt_when_the_checkpoint_changes(data
     )
 
     # A head that reads patch tokens adds them to the cache of the same key.
-    patches = cache_features(dataset, str(encoder), patches=True, progress=False)
+    [patches] = cache_features(dataset, str(encoder), patches=True, progress=False)
     assert patches.built and patches.path == changed.path and patches.arrays["patches"].shape[1:] == (4, 4, 128)
 
 
@@ -274,7 +274,7 @@ def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
         assert match in err and err.count("\n") == 1, err
         assert snapshot(out) == before and snapshot(dataset) == data_before
 
-    refused("camera=wrist", match="has no camera 'wrist' (it has: front)")
+    refused("cameras=[wrist]", match="has no camera 'wrist' (it has: front)")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["train-policy", f"dataset={empty}", "encoder=vitn16", f"out={tmp_path / 'x'}"]) == 2
@@ -318,7 +318,7 @@ def test_lerobot_dataset_windows_match_ours_and_train_the_policy(dataset):
     assert torch.equal(batch["action_is_pad"], pad) and pad[3].sum() == 5 and not pad[0].any()
     assert torch.equal(batch["action"][~pad], torch.from_numpy(demos.actions)[targets][~pad])
     assert torch.equal(batch["observation.state"], torch.from_numpy(demos.states)[history])
-    ours = EncodedImages(demos.decode_frames(), policy, augment=False)(history, torch.Generator())
+    ours = EncodedImages([demos.decode_frames()], policy, augment=False)(history, torch.Generator())
     theirs = policy._batch_features(batch)
     assert torch.allclose(ours["patches"], theirs["patches"], atol=1e-5)
     policy.train()
@@ -359,3 +359,36 @@ def test_lerobot_trainer_trains_a_saved_policy_that_then_evaluates(dataset, tmp_
     assert changed and all(k.startswith("head.") for k in changed)
     result = evaluate(trained, seeds=[100_000], progress=False)
     assert result["episodes"] == 1 and result["env_name"] == "push"
+
+
+def test_a_policy_reads_several_cameras_joined_and_evaluates(tmp_path_factory, tmp_path):
+    """front + wrist: one cache per camera, patch grids side by side, global embeddings
+    concatenated; the saved policy acts in the environment through eval-policy."""
+    from policies import Demonstrations, load_policy, train_policy
+    from policies.modeling_pixio import join_views
+
+    data = tmp_path_factory.getbasetemp() / "policies_data" / "push_two_cameras"
+    collect = ["collect", "env=push", "cameras=[front,wrist]", f"image_size={IMAGE_SIZE}", "episodes=2"]
+    assert main([*collect, f"out={data}", "progress=false"]) == 0
+    kwargs = {"epochs": 1, "batch_size": 32, "out": str(tmp_path / "run"), "progress": False}
+    result = train_policy(dataset=str(data), encoder="vitn16", head="keypoints", cameras=["front", "wrist"], **kwargs)
+    assert [Path(c.path).name.split("-")[-2] for c in result.caches] == ["front", "wrist"]
+    policy = load_policy(result.best)
+    assert policy.config.cameras == ["front", "wrist"] and policy.grid == (4, 8)
+
+    demos = Demonstrations.load(data, ["front", "wrist"])
+    frames = {f"observation.images.{c}": demos.decode_frames(c)[:3] for c in demos.cameras}  # (3, H, W, 3) uint8
+    joined = policy.encode_views(frames)["patches"]
+    front, wrist = (policy.encode(v)["patches"] for v in frames.values())
+    assert (
+        joined.shape == (3, 4, 8, 128) and torch.equal(joined[:, :, :4], front) and torch.equal(joined[:, :, 4:], wrist)
+    )
+    assert torch.equal(
+        join_views([{"global": front[:, 0, 0]}, {"global": wrist[:, 0, 0]}])["global"][:, 128:], wrist[:, 0, 0]
+    )
+
+    out = tmp_path / "eval"
+    assert main(["eval-policy", f"policy={result.best}", "episodes=1", f"out={out}", "progress=false", "videos=0"]) == 0
+    assert json.loads((out / "result.json").read_text())["episodes"] == 1
+    with pytest.raises(PixioError, match="name one or more different cameras"):
+        Demonstrations.load(data, ["front", "front"])
