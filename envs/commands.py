@@ -24,6 +24,10 @@ class EnvOptions:
     image_width: int | None = field(default=None, metadata={"help": "image width, when not square"})
     control_hz: int | None = field(default=None, metadata={"help": "control rate (own tasks; default 20)"})
     time_limit: int | None = field(default=None, metadata={"help": "episode time limit in steps"})
+    success_hold: int | None = field(
+        default=None,
+        metadata={"help": "steps an episode goes on after success before it ends (own tasks 5, MetaWorld 0)"},
+    )
     environment_state: bool = field(default=False, metadata={"help": "also record the object state"})
     random_lighting: bool = field(default=False, metadata={"help": "random light per episode (own tasks)"})
     camera_jitter: float = field(default=0.0, metadata={"help": "random camera offset in metres (own tasks)"})
@@ -36,7 +40,7 @@ class EnvOptions:
         options = {"image_size": self.image_size if self.image_width is None else [self.image_size, self.image_width]}
         if self.cameras is not None:
             options["cameras"] = list(self.cameras)
-        for key in ("control_hz", "time_limit", "difficulty"):
+        for key in ("control_hz", "time_limit", "success_hold", "difficulty"):
             if getattr(self, key) is not None:
                 options[key] = getattr(self, key)
         for key in ("environment_state", "random_lighting", "camera_jitter"):

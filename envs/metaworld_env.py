@@ -7,11 +7,15 @@ entries: the "gripper state as proprio" of CortexBench), `pixels` (and optionall
 `segmentation`, `environment_state` = the full 39-d state) rendered with the toolkit's camera
 rig, so camera intrinsics and extrinsics are exact. Actions: MetaWorld's 4-d (dx, dy, dz,
 gripper) in [-1, 1]. Control runs at MetaWorld's 80 Hz. `info["is_success"]` is MetaWorld's
-`success`; episodes end on success or after `time_limit` steps (MetaWorld's 500 by default).
+`success`; episodes end once success has held `success_hold` more steps (0 by default: at the
+first success; CortexBench runs the whole horizon and reads success at its last step, which
+`success_hold` >= `time_limit` gives) or after `time_limit` steps (MetaWorld's 500 by default).
 
 MetaWorld's corner cameras render upside down; they are turned 180 degrees about their optical
 axis here (the images and the reported extrinsics agree), and `corner2` is moved closer to
-the table as in LeRobot's MetaWorld environment.
+the table as in LeRobot's MetaWorld environment. The model is recompiled with the three
+cameras of R3M's MetaWorld fork, which CortexBench (eai-vc) renders its MetaWorld tasks from:
+`top_cap2` (its default), `left_cap2` and `right_cap2`, each at a fixed point looking at the table.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from .base import OBSERVATION_OPTIONS, SimEnv
 
 CORTEXBENCH_TASKS = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+# R3M's metaworld fork (assets_v2/objects/assets/xyz_base.xml): targetbody cameras on the table
+R3M_CAMERAS = {"top_cap2": (0.0, 0.9, 0.6), "left_cap2": (-0.5, 0.0, 0.4), "right_cap2": (0.3, 0.0, 0.5)}
 STATE_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_distance")
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")
 
@@ -37,6 +43,22 @@ def metaworld_tasks() -> list[str]:
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
     return [name.removesuffix("-v3") for name in ALL_V3_ENVIRONMENTS]
+
+
+def _add_r3m_cameras(mw) -> None:
+    """Recompile `mw`'s model with R3M_CAMERAS (only cameras are added: every body, joint and
+    state index stays where MetaWorld put it). MetaWorld sets its mocap weld (`eq_data`) on the
+    model it built, so that is carried over."""
+    spec = mujoco.MjSpec.from_file(mw.fullpath)
+    for name, pos in R3M_CAMERAS.items():
+        spec.worldbody.add_camera(
+            name=name, pos=pos, mode=mujoco.mjtCamLight.mjCAMLIGHT_TARGETBODY, targetbody="tablelink"
+        )
+    model = spec.compile()
+    model.eq_data[:] = mw.model.eq_data
+    mw.model = model
+    mw.data = mujoco.MjData(mw.model)
+    mujoco.mj_forward(mw.model, mw.data)
 
 
 class MetaWorldEnv(SimEnv):
@@ -54,6 +76,7 @@ class MetaWorldEnv(SimEnv):
         segmentation: bool = False,
         environment_state: bool = False,
         time_limit: int | None = 500,
+        success_hold: int = 0,
         shadows: bool = False,
         antialias: bool = False,
         render_mode: str | None = None,
@@ -69,6 +92,9 @@ class MetaWorldEnv(SimEnv):
         self.task_name = name
         self.instruction = name.replace("-", " ")
         self.max_episode_steps = int(time_limit)
+        if not 0 <= int(success_hold) <= 10_000:
+            raise PixioError(f"success_hold={success_hold}: use 0 to 10000 steps")
+        self.success_hold = int(success_hold)
 
         mw = ALL_V3_ENVIRONMENTS[f"{name}-v3"]()
         # Goal-observable single task whose positions come from the seeded generator (the
@@ -79,6 +105,7 @@ class MetaWorldEnv(SimEnv):
         mw._freeze_rand_vec = False
         mw.seeded_rand_vec = True
         mw.max_path_length = self.max_episode_steps
+        _add_r3m_cameras(mw)
         self.mw = mw
         self.model, self.data = mw.model, mw.data
         self.control_hz = round(1.0 / (self.model.opt.timestep * mw.frame_skip))
@@ -120,8 +147,9 @@ class MetaWorldEnv(SimEnv):
         a = self._check_step(action, len(ACTION_NAMES))
         raw, reward, _, _, info = self.mw.step(np.array(a))
         self.raw_obs = np.asarray(raw, np.float64)
-        terminated, truncated = self._end_step(bool(info.get("success", 0.0)))
-        return self._observation(), float(reward), terminated, truncated, {"is_success": terminated}
+        success = bool(info.get("success", 0.0))
+        terminated, truncated = self._end_step(success)
+        return self._observation(), float(reward), terminated, truncated, {"is_success": success}
 
     def _observation(self) -> dict:
         return self._observe(self.raw_obs[:4], self.raw_obs)

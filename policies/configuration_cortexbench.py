@@ -21,6 +21,9 @@ class CortexBenchConfig:
     last_layer_scale: float = field(default=0.01, metadata={"help": "initial scale of the last layer (eai-vc: 0.01)"})
     hidden: list[int] = field(default_factory=lambda: [256, 256, 256], metadata={"help": "MLP hidden sizes"})
     use_state: bool = field(default=True, metadata={"help": "feed the proprioceptive state"})
+    normalize_actions: bool = field(
+        default=True, metadata={"help": "learn actions standardised by the dataset's statistics (eai-vc: raw)"}
+    )
     dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden layer"})
     chunk_size: int = field(default=1, metadata={"help": "actions predicted per step (1: no chunking)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})

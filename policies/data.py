@@ -62,6 +62,12 @@ class Demonstrations:
                 )
         if not cameras or len(set(cameras)) != len(cameras):
             raise PixioError(f"cameras={cameras}: name one or more different cameras")
+        sizes = {c: (meta["cameras"][c]["height"], meta["cameras"][c]["width"]) for c in cameras}
+        if len(set(sizes.values())) > 1:
+            raise PixioError(
+                f"dataset={root}: cameras {', '.join(cameras)} have different image sizes ({sizes}): a policy "
+                "reads cameras of one size; record them with one image_size"
+            )
         if not meta.get("episodes"):
             raise PixioError(f"dataset={root} holds no episodes: record demonstrations with pixio-robot collect")
         current = list(envs.EnvSpec.from_dict(meta["env"]).state_names)
@@ -128,7 +134,7 @@ class Demonstrations:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        """(H, W) of the frames; every camera of a dataset records the same size (collect's image_size)."""
+        """(H, W) of the frames (the cameras read have one size: `load` checks it)."""
         cam = self.meta["cameras"][self.cameras[0]]
         return int(cam["height"]), int(cam["width"])
 

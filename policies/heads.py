@@ -42,7 +42,11 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
         raise PixioError(f"unknown head {name!r}: choose one of {', '.join(HEAD_CONFIGS)}")
     cls = HEAD_CONFIGS[name]
     known = {f.name for f in dataclasses.fields(cls)}
-    if "fusion" in known and "fusion" not in value and set(value) >= known - {"fusion", "last_layer_scale"}:
+    if (
+        "fusion" in known
+        and "fusion" not in value
+        and set(value) >= known - {"fusion", "last_layer_scale", "normalize_actions"}
+    ):
         # A complete head saved before FLARE fusion existed (every other option present): those
         # heads stacked the frames and must keep doing so to give the actions they were trained for.
         value = {**value, "fusion": "stack", "last_layer_scale": 1.0}

@@ -79,8 +79,12 @@ class PixioPolicy(PreTrainedPolicy):
 
     @torch.no_grad()
     def set_normalization(self, stats: dict) -> None:
-        """Mean and std of `observation.state` and `action` from a dataset's stats."""
+        """Mean and std of `observation.state` and `action` from a dataset's stats (actions stay
+        raw, mean 0 and std 1, for a head with `normalize_actions=False`)."""
+        raw = not getattr(self.config.head_config, "normalize_actions", True)
         for name, key in (("state", "observation.state"), ("action", "action")):
+            if name == "action" and raw:
+                continue
             if key not in stats:
                 raise PixioError(f"the dataset's stats have no {key!r}: cannot normalise")
             mean = torch.as_tensor(np.asarray(stats[key]["mean"]), dtype=torch.float32).reshape(-1)

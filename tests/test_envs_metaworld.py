@@ -72,6 +72,23 @@ def test_corner_cameras_are_upright_and_their_depth_lands_on_the_table():
     assert info.cam2world[2, 3] > 0.5  # the camera looks down from above the table
 
 
+def test_cortexbench_camera_looks_at_the_table_and_success_can_be_read_at_the_horizon():
+    """top_cap2 (R3M's fork, CortexBench's view) is added to the model: from (0, 0.9, 0.6) it
+    looks at the table centre, whose depth it sees; with success_hold the episode runs on after
+    success and the expert, which holds the drawer open, still succeeds at its last step."""
+    env = envs.make_env("metaworld/drawer-open", cameras=["top_cap2"], image_size=64, depth=True, success_hold=500)
+    obs, _ = env.reset(seed=0)
+    info = env.unwrapped.camera_info("top_cap2")
+    np.testing.assert_allclose(info.cam2world[:3, 3], [0.0, 0.9, 0.6], atol=1e-6)
+    axis = info.cam2world[:3, 2]  # OpenCV: +z looks forward
+    table = env.unwrapped.data.body("tablelink").xpos
+    np.testing.assert_allclose(axis, (table - [0.0, 0.9, 0.6]) / np.linalg.norm(table - [0.0, 0.9, 0.6]), atol=1e-6)
+    assert (obs["depth"] > 0).mean() > 0.9
+    episode = rollout(env, make_expert(env), seed=0, record=False)
+    env.close()
+    assert episode.length == 500 and episode.success and episode.successes.argmax() < 200
+
+
 def test_unknown_task_and_camera_are_refused():
     with pytest.raises(PixioError, match="unknown MetaWorld task 'hamer'"):
         envs.make_env("metaworld/hamer")

@@ -46,7 +46,7 @@ def test_last_layer_starts_at_one_percent_and_stack_fusion_remains_available():
 
 def test_a_head_saved_before_flare_keeps_stacking_its_frames():
     saved = dataclasses.asdict(CortexBenchConfig())
-    del saved["fusion"], saved["last_layer_scale"]  # what config.json held before
+    del saved["fusion"], saved["last_layer_scale"], saved["normalize_actions"]  # what config.json held before
     assert head_config(saved).fusion == "stack"
     assert head_config({"name": "cortexbench"}).fusion == "flare"  # a new head: eai-vc's
 
