@@ -109,7 +109,6 @@ def test_bad_input_is_refused_with_nothing_changed(policy, tmp_path, capsys):
 def test_a_small_policy_beats_a_constant_policy_in_closed_loop(tmp_path):
     """30 reach demonstrations at 128 px, the keypoint head on the bundled encoder for a few
     epochs: in closed loop it reaches the goal clearly more often than the dataset's mean action."""
-    import numpy as np
 
     import envs
     from policies import Demonstrations, evaluate
