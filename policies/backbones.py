@@ -11,7 +11,10 @@ Encoder strings, as `train-policy encoder=` takes them:
 - a Pixio checkpoint (`.pth`, `.safetensors`, transformers folder) or a size name (`vits16`:
   random initialisation);
 - `timm:<model>` (e.g. `timm:resnet18`): random initialisation, or its own weights from a file
-  (`encoder_weights=`); nothing is ever downloaded.
+  (`encoder_weights=`); nothing is ever downloaded;
+- `oracle`: no image at all; each frame's embedding is the environment's privileged object
+  state (`observation.environment_state`, recorded by `collect environment_state=true`). Through
+  the same head, normalisation and rollouts it is the upper bound a perfect encoder would give.
 
 `init=random` keeps a checkpoint's architecture and draws new weights (the random-init
 baseline of a pretrained encoder). Random weights come from the seed, so the same seed gives
@@ -37,6 +40,8 @@ from pixio_robot.encoder import BlockTokens, PixioViT
 from pixio_robot.errors import PixioError
 
 TIMM_PREFIX = "timm:"
+ORACLE = "oracle"
+ENV_STATE = "observation.environment_state"
 _CLASSIFIER_KEYS = {f"{m}.{p}" for m in ("fc", "head", "head.fc", "classifier") for p in ("weight", "bias")}
 
 
@@ -86,18 +91,44 @@ class TimmBackbone(nn.Module):
         return [BlockTokens(block=-1, cls=cls, patches=grid if patches else None)]
 
 
+class OracleState(nn.Module):
+    """The `oracle` backbone: no weights and no image; the policy reads `ENV_STATE` as the
+    global embedding of each frame (see `PixioPolicy.encode_views`)."""
+
+    patch_size = 1
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.embed_dim = int(dim)
+
+    @property
+    def config(self) -> dict:
+        return {"dim": self.embed_dim}
+
+    def block_indices(self, blocks: int | Sequence[int]) -> list[int]:
+        return [-1]
+
+
 def is_timm(encoder: str) -> bool:
     return str(encoder).startswith(TIMM_PREFIX)
 
 
 def load_backbone(
-    encoder: str, init: str = "pretrained", weights: str | None = None, seed: int = 0
+    encoder: str, init: str = "pretrained", weights: str | None = None, seed: int = 0, state_dim: int | None = None
 ) -> tuple[nn.Module, dict]:
-    """(frozen backbone in eval mode, spec) for an encoder string (see the module doc)."""
+    """(frozen backbone in eval mode, spec) for an encoder string (see the module doc);
+    `state_dim`: the size of the environment state, which `oracle` reads."""
     import pixio_robot
 
     if init not in ("pretrained", "random"):
         raise PixioError(f"encoder_init={init!r}: use pretrained (the weights given) or random")
+    if encoder == ORACLE:
+        if not state_dim:
+            raise PixioError(
+                "encoder=oracle reads the environment state, which the dataset does not hold: record it "
+                "with pixio-robot collect environment_state=true"
+            )
+        return OracleState(state_dim), {"kind": ORACLE, "name": ORACLE, "config": {"dim": int(state_dim)}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if is_timm(encoder):
@@ -124,7 +155,9 @@ def build_backbone(spec: dict) -> nn.Module:
         return freeze(PixioViT(**spec["config"]))
     if kind == "timm":
         return freeze(TimmBackbone(spec["config"]["model"], **spec["config"].get("kwargs", {})))
-    raise PixioError(f"unknown backbone kind {kind!r} in the policy config: expected pixio or timm")
+    if kind == ORACLE:
+        return OracleState(spec["config"]["dim"])
+    raise PixioError(f"unknown backbone kind {kind!r} in the policy config: expected pixio, timm or oracle")
 
 
 def freeze(model: nn.Module) -> nn.Module:

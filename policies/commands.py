@@ -29,7 +29,8 @@ TEST_SEED = 100_000  # eval-policy's default: disjoint from collection (0..) and
 class TrainPolicyConfig:
     dataset: str = field(default="???", metadata={"help": "demonstrations: a dataset folder from pixio-robot collect"})
     encoder: str = field(
-        default="???", metadata={"help": "Pixio checkpoint or size name (vits16: random), or timm:<model>"}
+        default="???",
+        metadata={"help": "Pixio checkpoint or size name (vits16: random), timm:<model>, or oracle (the object state)"},
     )
     encoder_init: str = field(default="pretrained", metadata={"help": "pretrained, or random (same architecture)"})
     encoder_weights: str | None = field(default=None, metadata={"help": "weights file for a timm:<model> encoder"})

@@ -32,6 +32,7 @@ class PixioConfig(PreTrainedConfig):
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # encoder input (H, W)
     # Cameras the head reads. Several are joined per frame: global embeddings concatenated, patch
     # grids side by side (h x V*w), so every head reads them without knowing there are several.
+    # None for the `oracle` backbone, which reads observation.environment_state instead.
     cameras: list[str] = field(default_factory=lambda: ["front"])
     head: dict[str, Any] = field(default_factory=lambda: {"name": "cortexbench"})
     env: dict[str, Any] | None = None  # envs.EnvSpec.to_dict() of the environment trained for
@@ -60,12 +61,20 @@ class PixioConfig(PreTrainedConfig):
     def image_keys(self) -> list[str]:
         return [f"observation.images.{camera}" for camera in self.cameras]
 
+    @property
+    def oracle(self) -> bool:
+        """True for the `oracle` backbone: the environment state stands in for images."""
+        return self.backbone.get("kind") == "oracle"
+
     @staticmethod
     def features_for(
-        cameras: list[str], image_hw: tuple[int, int], state_dim: int, action_dim: int
+        cameras: list[str], image_hw: tuple[int, int], state_dim: int, action_dim: int, env_state_dim: int = 0
     ) -> tuple[dict, dict]:
-        """LeRobot's (input_features, output_features) for the cameras, state and action."""
+        """LeRobot's (input_features, output_features) for the cameras (or, with `env_state_dim`,
+        the environment state), state and action."""
         inputs = {f"observation.images.{c}": PolicyFeature(FeatureType.VISUAL, (3, *image_hw)) for c in cameras}
+        if env_state_dim:
+            inputs["observation.environment_state"] = PolicyFeature(FeatureType.ENV, (env_state_dim,))
         inputs["observation.state"] = PolicyFeature(FeatureType.STATE, (state_dim,))
         return inputs, {"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}
 
@@ -97,7 +106,10 @@ class PixioConfig(PreTrainedConfig):
         return None
 
     def validate_features(self) -> None:
-        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+        if self.oracle:
+            if self.cameras or "observation.environment_state" not in (self.input_features or {}):
+                raise PixioError("an oracle policy reads observation.environment_state and no camera")
+        elif not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise PixioError(f"cameras={self.cameras}: name one or more different cameras")
         for camera, key in zip(self.cameras, self.image_keys, strict=True):
             if key not in (self.input_features or {}):

@@ -35,6 +35,7 @@ class Demonstrations:
     episode_start: np.ndarray  # (N,) int64: first frame of each frame's episode
     episode_end: np.ndarray  # (N,) int64: one past its last frame
     stats: dict  # feature -> {"mean", "std", ...} as float32 arrays
+    env_states: np.ndarray | None  # (N, E) float32 observation.environment_state, when recorded
     # camera -> per episode: (file, from_timestamp, to_timestamp)
     video_files: dict[str, list[tuple[Path, float, float]]]
 
@@ -82,6 +83,9 @@ class Demonstrations:
         table = ds.hf_dataset.with_format("numpy")
         states = np.asarray(np.stack(table["observation.state"]), np.float32)
         actions = np.asarray(np.stack(table["action"]), np.float32)
+        env_states = None
+        if "observation.environment_state" in table.column_names:
+            env_states = np.asarray(np.stack(table["observation.environment_state"]), np.float32)
         if actions.shape[1] != len(meta["action_names"]):
             raise PixioError(
                 f"dataset={root}: actions are {actions.shape[1]}-d but its environment {meta['name']} takes "
@@ -116,6 +120,7 @@ class Demonstrations:
             episode_start=np.repeat(start, lengths),
             episode_end=np.repeat(stop, lengths),
             stats=stats,
+            env_states=env_states,
             video_files=videos,
         )
 

@@ -72,6 +72,8 @@ class EnvPolicy:
 
         feats = envs.observation_features(obs, self.cameras)
         batch = {key: feats[key][None] for key in self.keys}  # (1, H, W, 3) uint8, as the cache saw them
+        if self.policy.config.oracle:
+            batch["observation.environment_state"] = torch.from_numpy(feats["observation.environment_state"])[None]
         batch["observation.state"] = torch.from_numpy(np.asarray(feats["observation.state"], np.float32))[None]
         return self.policy.select_action(batch)[0].cpu().numpy().astype(np.float32)
 

@@ -40,7 +40,7 @@ from torch import Tensor
 from pixio_robot.errors import PixioError
 from pixio_robot.extract import FeatureExtractor
 
-from .backbones import build_backbone
+from .backbones import ENV_STATE, build_backbone
 from .configuration_pixio import PixioConfig
 from .heads import head_inputs, make_head
 
@@ -62,9 +62,13 @@ class PixioPolicy(PreTrainedPolicy):
         h, w = config.image_size
         if h % patch or w % patch:
             raise PixioError(f"image_size={h}x{w} is not a multiple of the backbone's input stride {patch}")
-        views = len(config.cameras)
+        views = max(len(config.cameras), 1)  # the oracle reads no camera but one state per frame
         self.grid = (h // patch, views * (w // patch))  # the cameras' grids side by side
         self.inputs = head_inputs(hc)
+        if config.oracle and self.inputs != ("global",):
+            raise PixioError(
+                f"encoder=oracle gives one state vector per frame, no patch grid: head={hc.name} needs one"
+            )
         feature_dim = self.backbone.embed_dim * (views if "global" in self.inputs else 1)  # embeddings concatenated
         self.head = make_head(hc, feature_dim, self.grid, config.state_dim, config.action_dim)
         for name, dim in (("state", config.state_dim), ("action", config.action_dim)):
@@ -134,7 +138,10 @@ class PixioPolicy(PreTrainedPolicy):
         return {k: torch.cat(v).to(device).clone() for k, v in parts.items()}
 
     def encode_views(self, batch: dict, batch_size: int | None = None) -> dict[str, Tensor]:
-        """`encode` of every camera's frames in `batch` (keyed as `config.image_keys`), joined."""
+        """`encode` of every camera's frames in `batch` (keyed as `config.image_keys`), joined;
+        for the oracle, the environment states in `batch` as they are."""
+        if self.config.oracle:
+            return {"global": torch.as_tensor(batch[ENV_STATE], device=self.state_mean.device).float()}
         return join_views([self.encode(batch[key], batch_size) for key in self.config.image_keys])
 
     # ---- training --------------------------------------------------------------------------
@@ -159,16 +166,17 @@ class PixioPolicy(PreTrainedPolicy):
     def _batch_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         history = self.config.head_config.history
         frames = {}
-        for key in self.config.image_keys:
-            images = batch[key]
-            if images.ndim == 4:
-                images = images[:, None]
-            b, t = images.shape[:2]
+        for key in [ENV_STATE] if self.config.oracle else self.config.image_keys:
+            x = batch[key]
+            frame_ndim = 1 if key == ENV_STATE else 3  # a state vector, or a (3, H, W) image
+            if x.ndim == frame_ndim + 1:
+                x = x[:, None]
+            b, t = x.shape[:2]
             if t == 1 and history > 1:
-                images = images.expand(-1, history, -1, -1, -1)
+                x = x.expand(-1, history, *x.shape[2:])
             elif t != history:
                 raise PixioError(f"batch has {t} frames per sample; this policy's history is {history}")
-            frames[key] = images.flatten(0, 1)
+            frames[key] = x.flatten(0, 1)
         return {k: v.unflatten(0, (b, history)) for k, v in self.encode_views(frames).items()}
 
     def get_optim_params(self):

@@ -105,6 +105,16 @@ class EncodedImages:
         return {k: v[inverse] for k, v in join_views(views).items()}
 
 
+class EnvironmentStates:
+    """The oracle's "features": the recorded environment state of frame indices."""
+
+    def __init__(self, env_states: np.ndarray):
+        self.env_states = torch.from_numpy(env_states)
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"global": self.env_states[frames]}
+
+
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
@@ -136,14 +146,18 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    backbone, spec = load_backbone(cfg.encoder, cfg.encoder_init, cfg.encoder_weights, seed=cfg.seed)
+    backbone, spec = load_backbone(
+        cfg.encoder, cfg.encoder_init, cfg.encoder_weights, seed=cfg.seed, state_dim=_env_state_dim(demos)
+    )
     torch.manual_seed(cfg.seed)  # the head's initialisation
     policy = make_policy(demos, backbone, spec, hc, cfg.layer, cfg.image_size, device)
     pconfig = policy.config
     optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
     inputs_needed = head_inputs(hc)
     caches = []
-    if cfg.cache != "off":
+    if pconfig.oracle:
+        source = EnvironmentStates(demos.env_states)
+    elif cfg.cache != "off":
         caches = _ensure_caches(
             demos, backbone, spec, pconfig, "patches" in inputs_needed, cfg.cache, cfg.cache_dtype, cfg.progress
         )
@@ -261,8 +275,11 @@ def make_policy(
     """A fresh policy for a dataset: the cameras it was loaded with, state and action sizes,
     normalisation statistics and environment, on a built backbone (see `backbones.load_backbone`)."""
     device = torch.device(device)
+    oracle = spec["kind"] == "oracle"
+    cameras = [] if oracle else list(demos.cameras)
+    env_state_dim = _env_state_dim(demos) if oracle else 0
     inputs, outputs = PixioConfig.features_for(
-        demos.cameras, demos.image_shape, demos.states.shape[1], demos.actions.shape[1]
+        cameras, demos.image_shape, demos.states.shape[1], demos.actions.shape[1], env_state_dim
     )
     config = PixioConfig(
         device=device.type,
@@ -270,7 +287,7 @@ def make_policy(
         encoder_sha256=weights_sha256(backbone),
         layer=backbone.block_indices(layer)[0],
         image_size=[image_size, image_size] if image_size else list(demos.image_shape),
-        cameras=list(demos.cameras),
+        cameras=cameras,
         head=dataclasses.asdict(head or CortexBenchConfig()),
         env=demos.spec.to_dict(),
         dataset=str(demos.root),
@@ -327,6 +344,10 @@ def _ensure_caches(
         where = location if location in ("auto", "", None) or len(demos.cameras) == 1 else str(Path(location) / camera)
         caches.append(ensure_cache(demos, extractor, key, patches, where, progress))
     return caches
+
+
+def _env_state_dim(demos: Demonstrations) -> int:
+    return 0 if demos.env_states is None else demos.env_states.shape[1]
 
 
 def _check_options(cfg: TrainPolicyConfig) -> None:

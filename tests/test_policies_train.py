@@ -392,3 +392,34 @@ def test_a_policy_reads_several_cameras_joined_and_evaluates(tmp_path_factory, t
     assert json.loads((out / "result.json").read_text())["episodes"] == 1
     with pytest.raises(PixioError, match="name one or more different cameras"):
         Demonstrations.load(data, ["front", "front"])
+
+
+def test_the_oracle_reads_the_object_state_and_is_refused_without_it(dataset, tmp_path_factory, tmp_path, capsys):
+    """encoder=oracle: the recorded environment state is each frame's embedding, through the same
+    head, normalisation and evaluation code; no camera, no feature cache."""
+    from policies import Demonstrations, load_policy, train_policy
+
+    data = tmp_path_factory.getbasetemp() / "policies_data" / "push_with_state"
+    collect = ["collect", "env=push", "environment_state=true", f"image_size={IMAGE_SIZE}", "episodes=2"]
+    assert main([*collect, f"out={data}", "progress=false"]) == 0
+    kwargs = {"epochs": 2, "batch_size": 32, "out": str(tmp_path / "run"), "progress": False}
+    result = train_policy(dataset=str(data), encoder="oracle", **kwargs)
+    assert result.caches == [] and not (data / "features").exists()
+    policy = load_policy(result.best)
+    assert policy.config.cameras == [] and policy.backbone.embed_dim == 9  # cube pose (7) and goal (2)
+    demos = Demonstrations.load(data)
+    states = torch.from_numpy(demos.env_states[:4])
+    assert torch.equal(policy.encode_views({"observation.environment_state": states})["global"], states)
+    out = tmp_path / "eval"
+    assert main(["eval-policy", f"policy={result.best}", "episodes=1", f"out={out}", "progress=false", "videos=0"]) == 0
+
+    before = snapshot(dataset)
+
+    def oracle_args(data: Path, out: Path) -> list[str]:
+        return [a if not a.startswith("encoder=") else "encoder=oracle" for a in train_args(data, out)]
+
+    assert main(oracle_args(dataset, tmp_path / "no_state")) == 2
+    assert "record it with pixio-robot collect environment_state=true" in capsys.readouterr().err
+    assert main([*oracle_args(data, tmp_path / "kp"), "head=keypoints"]) == 2
+    assert "no patch grid: head=keypoints needs one" in capsys.readouterr().err
+    assert snapshot(dataset) == before and not (tmp_path / "no_state").exists() and not (tmp_path / "kp").exists()
