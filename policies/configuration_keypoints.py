@@ -16,3 +16,4 @@ class KeypointsConfig(CortexBenchConfig):
 
     name: str = field(default="keypoints", metadata={"help": "head type"})
     keypoints: int = field(default=32, metadata={"help": "heat maps per frame (each gives an x, y)"})
+    values: int = field(default=0, metadata={"help": "token read-outs pooled under each heat map (0: none)"})

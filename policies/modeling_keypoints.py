@@ -2,8 +2,10 @@
 
 A linear map turns every patch token into `keypoints` scores; a softmax over the grid (with a
 learned temperature) makes each a probability map whose mean position (x, y in [-1, 1]) is one
-keypoint. It is a few thousand parameters in front of the MLP, so it trains on cached features
-as fast as the CortexBench head, and its output is position by construction.
+keypoint. With `values` > 0 each map also pools that many linear read-outs of the tokens under
+it (attention pooling): a patch is 16 pixels wide, and where inside it an object sits is in the
+token's content, not in the grid position. It is a few thousand parameters in front of the MLP,
+so it trains on cached features as fast as the CortexBench head.
 """
 
 from __future__ import annotations
@@ -16,19 +18,30 @@ from .modeling_cortexbench import CortexBenchHead
 
 
 class SpatialSoftmax(nn.Module):
-    def __init__(self, in_dim: int, keypoints: int, grid: tuple[int, int]):
+    def __init__(self, in_dim: int, keypoints: int, grid: tuple[int, int], values: int = 0):
         super().__init__()
+        self.keypoints, self.values = keypoints, values
         self.score = nn.Linear(in_dim, keypoints)
+        self.value = nn.Linear(in_dim, keypoints * values) if values else None
         self.log_temperature = nn.Parameter(torch.zeros(()))
         h, w = grid
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("pos", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)  # (h*w, 2)
 
+    @property
+    def out_dim(self) -> int:
+        return self.keypoints * (2 + self.values)
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, h, w, D) -> (N, 2 * keypoints): the expected x, y of every heat map."""
-        scores = self.score(patches.flatten(1, 2)) / self.log_temperature.exp()  # (N, h*w, K)
-        attention = scores.softmax(dim=1)
-        return torch.einsum("npk,pc->nkc", attention, self.pos).flatten(1)
+        """(N, h, w, D) -> (N, keypoints * (2 + values)): the expected x, y of every heat map
+        (and the tokens' values pooled under it)."""
+        tokens = patches.flatten(1, 2)
+        attention = (self.score(tokens) / self.log_temperature.exp()).softmax(dim=1)  # (N, h*w, K)
+        out = torch.einsum("npk,pc->nkc", attention, self.pos)
+        if self.value is not None:
+            values = self.value(tokens).unflatten(-1, (self.keypoints, self.values))  # (N, h*w, K, V)
+            out = torch.cat([out, torch.einsum("npk,npkv->nkv", attention, values)], dim=-1)
+        return out.flatten(1)
 
 
 class KeypointsHead(CortexBenchHead):
@@ -36,8 +49,8 @@ class KeypointsHead(CortexBenchHead):
     config: KeypointsConfig
 
     def build_frame_encoder(self, feature_dim: int, grid: tuple[int, int]) -> int:
-        self.keypoints = SpatialSoftmax(feature_dim, self.config.keypoints, grid)
-        return 2 * self.config.keypoints
+        self.keypoints = SpatialSoftmax(feature_dim, self.config.keypoints, grid, self.config.values)
+        return self.keypoints.out_dim
 
     def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """features["patches"] (B, T, h, w, D) -> (B, T, 2 * keypoints)."""
