@@ -13,14 +13,18 @@ class DemoConfig:
         default=None, metadata={"help": "folder for everything (default: the next free outputs/demo/run-N)"}
     )
     task: str = field(
-        default="metaworld/drawer-open",
-        metadata={"help": "task to learn: metaworld/<task> or an own task (reach, push, ...)"},
+        default="push",
+        metadata={"help": "task to learn: an own task (push, pick_place, reach, ...) or metaworld/<task>"},
     )
     cameras: list[str] | None = field(
         default=None, metadata={"help": "cameras the policy sees (default: [front]; [corner2] on MetaWorld)"}
     )
-    demos: int = field(default=50, metadata={"help": "scripted demonstrations to record"})
-    epochs: int = field(default=100, metadata={"help": "training epochs of the CortexBench head"})
+    demos: int = field(default=300, metadata={"help": "scripted demonstrations to record"})
+    noise: float = field(
+        default=0.3, metadata={"help": "expert action noise while recording (DART: the data shows recoveries)"}
+    )
+    head: str = field(default="keypoints", metadata={"help": "policy head: keypoints, cortexbench, spatial, chunking"})
+    epochs: int = field(default=100, metadata={"help": "training epochs of the head"})
     episodes: int = field(default=50, metadata={"help": "evaluation episodes (held-out seeds)"})
     views: int = field(default=4, metadata={"help": "views of the reconstructed scene"})
     image_size: int = field(default=128, metadata={"help": "camera images (pixels, square)"})

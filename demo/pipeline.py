@@ -3,7 +3,7 @@
     out/
       demo.json            options and the stages finished so far (written after each stage)
       dataset/             scripted demonstrations (LeRobotDataset v3) + the feature cache
-      policy/              the CortexBench head (checkpoints/, metrics.csv, training.rrd, loss.png)
+      policy/              the policy head (checkpoints/, metrics.csv, training.rrd, loss.png)
       evaluation/          result.json, success.png, videos/, episodes.rrd
       scene/               a multi-view RGB-D capture (ground truth for the reconstruction)
       reconstruction/      scene.ply, scene.rrd, metrics.json
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import signal
 import sys
@@ -57,6 +58,7 @@ def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
             out=str(folder),
             seed=0,
             workers=cfg.workers,
+            noise=cfg.noise,
             progress=cfg.progress,
         )
     )
@@ -78,7 +80,7 @@ def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
             dataset=done["dataset"]["path"],
             encoder=cfg.encoder,
             cameras=_cameras(cfg),
-            head={"name": "cortexbench"},
+            head={"name": cfg.head},
             epochs=cfg.epochs,
             seed=cfg.seed,
             out=str(folder),
@@ -108,7 +110,7 @@ def _evaluate(cfg: DemoConfig, out: Path, done: dict) -> dict:
         videos=min(2, cfg.episodes),
         record=min(2, cfg.episodes),
         out=folder,
-        label=f"CortexBench head on {cfg.encoder}",
+        label=f"{cfg.head} head on {cfg.encoder}",
         progress=cfg.progress,
     )
     write_bytes(folder / "success.png", bar_chart([result], title=f"demo: {cfg.task}"))
@@ -173,7 +175,7 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
 STAGES = (
     Stage("dataset", "recording scripted demonstrations", _collect),
-    Stage("policy", "caching features and training the CortexBench head", _train),
+    Stage("policy", "caching features and training the policy head", _train),
     Stage("evaluation", "evaluating the policy in simulation", _evaluate),
     Stage("scene", "capturing a multi-view RGB-D scene", _capture),
     Stage("reconstruction", "reconstructing the scene in 3D", _reconstruct),
@@ -227,6 +229,11 @@ def _check(cfg: DemoConfig) -> None:
             raise PixioError(f"{name}={getattr(cfg, name)}: use 1 or more")
     if cfg.views < 2:
         raise PixioError(f"views={cfg.views}: the reconstruction needs at least 2 views")
+    if not math.isfinite(cfg.noise) or cfg.noise < 0:
+        raise PixioError(f"noise={cfg.noise}: give a finite standard deviation >= 0")
+    from policies.heads import head_config
+
+    head_config({"name": cfg.head})  # an unknown head fails here, not after recording
 
 
 def _open(cfg: DemoConfig) -> tuple[Path, dict]:
@@ -291,7 +298,7 @@ def _loss_plot(losses: list[float]) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(range(1, len(losses) + 1), losses, color="#4C72B0")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (MSE, normalised actions)")
+    ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -105,11 +105,16 @@ def test_unfinished_run_with_other_options_is_refused(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-def test_unknown_task_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_unknown_task_or_head_and_bad_noise_are_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["demo", f"out={out}", "task=metaworld/fly", *SMALL]) == 2
-    assert "unknown MetaWorld task 'fly'" in capsys.readouterr().err
-    assert not out.exists()
+    for option, message in (
+        ("task=metaworld/fly", "unknown MetaWorld task 'fly'"),
+        ("head=mlp", "unknown head 'mlp'"),
+        ("noise=-1", "noise=-1.0: give a finite standard deviation"),
+    ):
+        assert main(["demo", f"out={out}", option, *SMALL]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_a_run_with_no_finished_stage_takes_the_new_options(tmp_path):
