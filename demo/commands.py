@@ -23,7 +23,9 @@ class DemoConfig:
     noise: float = field(
         default=0.3, metadata={"help": "expert action noise while recording (DART: the data shows recoveries)"}
     )
-    head: str = field(default="keypoints", metadata={"help": "policy head: keypoints, cortexbench, spatial, chunking"})
+    policy_head: str = field(
+        default="keypoints", metadata={"help": "policy head: keypoints, cortexbench, spatial, chunking"}
+    )
     epochs: int = field(default=100, metadata={"help": "training epochs of the head"})
     episodes: int = field(default=50, metadata={"help": "evaluation episodes (held-out seeds)"})
     views: int = field(default=4, metadata={"help": "views of the reconstructed scene"})

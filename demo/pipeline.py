@@ -80,7 +80,7 @@ def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
             dataset=done["dataset"]["path"],
             encoder=cfg.encoder,
             cameras=_cameras(cfg),
-            head={"name": cfg.head},
+            head={"name": cfg.policy_head},
             epochs=cfg.epochs,
             seed=cfg.seed,
             out=str(folder),
@@ -110,7 +110,7 @@ def _evaluate(cfg: DemoConfig, out: Path, done: dict) -> dict:
         videos=min(2, cfg.episodes),
         record=min(2, cfg.episodes),
         out=folder,
-        label=f"{cfg.head} head on {cfg.encoder}",
+        label=f"{cfg.policy_head} head on {cfg.encoder}",
         progress=cfg.progress,
     )
     write_bytes(folder / "success.png", bar_chart([result], title=f"demo: {cfg.task}"))
@@ -233,7 +233,7 @@ def _check(cfg: DemoConfig) -> None:
         raise PixioError(f"noise={cfg.noise}: give a finite standard deviation >= 0")
     from policies.heads import head_config
 
-    head_config({"name": cfg.head})  # an unknown head fails here, not after recording
+    head_config({"name": cfg.policy_head})  # an unknown head fails here, not after recording
 
 
 def _open(cfg: DemoConfig) -> tuple[Path, dict]:

@@ -62,7 +62,7 @@ def test_demo_outputs_read_back(demo_run):
     dataset = LeRobotDataset("local/demo", root=files["dataset"])
     assert dataset.num_episodes == 2
     frame = dataset[0]
-    assert frame["observation.images.corner2"].shape[-2:] == (128, 128)  # the MetaWorld camera
+    assert frame["observation.images.front"].shape[-2:] == (128, 128)  # the default task: push, front
 
     cloud = o3d.io.read_point_cloud(files["point_cloud"])
     assert len(cloud.points) > 100 and len(cloud.colors) == len(cloud.points)
@@ -109,7 +109,7 @@ def test_unknown_task_or_head_and_bad_noise_are_refused_before_anything_is_writt
     out = tmp_path / "run"
     for option, message in (
         ("task=metaworld/fly", "unknown MetaWorld task 'fly'"),
-        ("head=mlp", "unknown head 'mlp'"),
+        ("policy_head=mlp", "unknown head 'mlp'"),
         ("noise=-1", "noise=-1.0: give a finite standard deviation"),
     ):
         assert main(["demo", f"out={out}", option, *SMALL]) == 2
