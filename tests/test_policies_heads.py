@@ -62,3 +62,21 @@ def test_spatial_softmax_finds_a_hot_patch():
     patches[0, 3, 0, 0] = 1.0  # bottom-left patch
     x, y = layer(patches)[0].tolist()
     assert x == pytest.approx(-1.0, abs=1e-3) and y == pytest.approx(1.0, abs=1e-3)
+
+
+def test_attention_pooling_reads_the_tokens_under_the_hot_patch():
+    """head.values: each heat map also pools linear read-outs of the tokens under it."""
+    from policies.modeling_keypoints import SpatialSoftmax
+
+    layer = SpatialSoftmax(in_dim=4, keypoints=1, grid=(4, 8), values=2)
+    assert layer.out_dim == 4
+    with torch.no_grad():
+        layer.score.weight.copy_(torch.tensor([[50.0, 0, 0, 0]]))
+        layer.score.bias.zero_()
+        layer.value.weight.copy_(torch.tensor([[0.0, 1, 0, 0], [0, 0, 1, 0]]))
+        layer.value.bias.zero_()
+    patches = torch.zeros(1, 4, 8, 4)
+    patches[0, 1, 5] = torch.tensor([1.0, 0.3, -0.7, 9.0])  # the hot patch carries (0.3, -0.7)
+    x, y, v1, v2 = layer(patches)[0].tolist()
+    assert x == pytest.approx(-1 + 2 * 5 / 7, abs=1e-3) and y == pytest.approx(-1 + 2 / 3, abs=1e-3)
+    assert v1 == pytest.approx(0.3, abs=1e-3) and v2 == pytest.approx(-0.7, abs=1e-3)
