@@ -76,7 +76,7 @@ def parse_args(command: Command, argv: list[str]) -> tuple[list[str], dict]:
                 else:
                     raise PixioError(f"--{key} needs a value")
             overrides.append(f"{key}={_quote(value)}")
-        elif re.match(r"^[+~]*[A-Za-z_][\w.]*=", arg):
+        elif re.match(r"^[+~]*[A-Za-z_][\w./-]*=", arg):  # "-" and "/": groups such as train-policy=
             overrides.append(arg)
         else:
             bare.append(arg)

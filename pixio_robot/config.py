@@ -85,6 +85,9 @@ def _one_line(e: Exception) -> str:
         text = f"{override}: " + " ".join(str(e.__cause__).split())
     if m := re.search(r"missing mandatory value: ?(\S+)", text):
         return f"option {m.group(1)} is required: pass {m.group(1)}=..."
+    if m := re.search(r"Could not find '([^'/]+)/([^']+)' Available options in '[^']+': (.*?) Config search", text):
+        choices = [c for c in m.group(3).split() if not c.endswith("_schema")]  # the schemas are not presets
+        return f"unknown {m.group(1)}={m.group(2)}: choose one of {', '.join(choices)}"
     if m := re.search(r"Could not override '([^']+)'", text):
         return f"unknown option {m.group(1)!r}: see --help for the options"
     if m := re.search(r"Key '([^']+)' not in '?\w+'?", text):

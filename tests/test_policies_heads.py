@@ -80,3 +80,42 @@ def test_attention_pooling_reads_the_tokens_under_the_hot_patch():
     x, y, v1, v2 = layer(patches)[0].tolist()
     assert x == pytest.approx(-1 + 2 * 5 / 7, abs=1e-3) and y == pytest.approx(-1 + 2 / 3, abs=1e-3)
     assert v1 == pytest.approx(0.3, abs=1e-3) and v2 == pytest.approx(-0.7, abs=1e-3)
+
+
+def test_the_eai_vc_presets_set_cortexbench_metaworld_protocol():
+    """collect=eai_vc and train-policy=eai_vc: 25 demonstrations at 256 px from top_cap2 over the
+    whole horizon; the CortexBench head (FLARE, x0.01: tested above) on raw actions, evaluated
+    every 5 epochs on 25 episodes."""
+    from envs.commands import CollectConfig
+    from pixio_robot.config import compose_config
+    from policies.commands import TrainPolicyConfig
+
+    collect = compose_config("collect", CollectConfig, ["collect=eai_vc", "env=metaworld/assembly", "out=x"])
+    assert (collect.episodes, collect.cameras, collect.image_size, collect.success_hold) == (25, ["top_cap2"], 256, 500)
+    train = compose_config(
+        "train-policy", TrainPolicyConfig, ["train-policy=eai_vc", "dataset=d", "encoder=e", "out=o"]
+    )
+    hc = head_config(train.head)
+    assert hc == CortexBenchConfig(normalize_actions=False)
+    assert (train.epochs, train.batch_size, train.eval_every, train.eval_episodes) == (100, 256, 5, 25)
+
+
+def test_raw_actions_keep_the_dataset_statistics_out_of_the_actions():
+    from policies.configuration_pixio import PixioConfig
+    from policies.modeling_pixio import PixioPolicy
+
+    stats = {
+        k: {"mean": torch.full((n,), 3.0), "std": torch.full((n,), 2.0)}
+        for k, n in (("observation.state", 4), ("action", 3))
+    }
+    for normalize, mean in ((True, 3.0), (False, 0.0)):
+        inputs, outputs = PixioConfig.features_for([], (32, 32), 4, 3, env_state_dim=5)
+        config = PixioConfig(
+            backbone={"kind": "oracle", "name": "oracle", "config": {"dim": 5}},
+            cameras=[],
+            head={"name": "cortexbench", "normalize_actions": normalize},
+            input_features=inputs,
+            output_features=outputs,
+        )
+        policy = PixioPolicy(config, dataset_stats=stats)
+        assert policy.action_mean.tolist() == [mean] * 3 and policy.state_mean.tolist() == [3.0] * 4

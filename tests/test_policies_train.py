@@ -285,7 +285,8 @@ def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
     (no_episodes / "meta/pixio_env.json").write_text(json.dumps(meta | {"episodes": []}))
     assert main(["train-policy", f"dataset={no_episodes}", "encoder=vitn16", f"out={tmp_path / 'x'}"]) == 2
     assert "holds no episodes" in capsys.readouterr().err
-    refused("head=nope", match="Could not find 'head/nope'")
+    refused("head=nope", match="unknown head=nope: choose one of chunking, cortexbench, keypoints, spatial")
+    refused("train-policy=nope", match="unknown train-policy=nope: choose one of eai_vc")
     refused("head.bogus=1", match="unknown option 'head.bogus'")
     occupied = tmp_path / "occupied"
     occupied.mkdir()
