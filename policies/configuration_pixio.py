@@ -32,7 +32,7 @@ class PixioConfig(PreTrainedConfig):
     image_size: list[int] = field(default_factory=lambda: [128, 128])  # encoder input (H, W)
     # Cameras the head reads. Several are joined per frame: global embeddings concatenated, patch
     # grids side by side (h x V*w), so every head reads them without knowing there are several.
-    # None for the `oracle` backbone, which reads observation.environment_state instead.
+    # Empty for the `oracle` backbone, which reads observation.environment_state instead.
     cameras: list[str] = field(default_factory=lambda: ["front"])
     head: dict[str, Any] = field(default_factory=lambda: {"name": "cortexbench"})
     env: dict[str, Any] | None = None  # envs.EnvSpec.to_dict() of the environment trained for
