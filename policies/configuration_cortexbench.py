@@ -26,5 +26,10 @@ class CortexBenchConfig:
     )
     dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden layer"})
     chunk_size: int = field(default=1, metadata={"help": "actions predicted per step (1: no chunking)"})
+    # chunks are a LeRobot-style extension of eai-vc's one-step policy (chunk_size=1 is eai-vc)
+    temporal_ensemble_coeff: float | None = field(
+        default=None, metadata={"help": "with chunk_size>1: average chunks with weights exp(-coeff*i); null: none"}
+    )
+    n_action_steps: int = field(default=1, metadata={"help": "with chunk_size>1: actions run per chunk"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
