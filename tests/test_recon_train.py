@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 import recon.train
 from pixio_robot.cli import main
 from pixio_robot.errors import PixioError
+from pixio_robot.harness import load_checkpoint
 from pixio_robot.viz import rrd_entities
 from recon.data import load_scenes
 from recon.losses import ReconLoss
@@ -84,18 +84,17 @@ def test_training_lowers_the_loss(data, trained):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(data, trained, monkeypatch):
     out = data / "interrupted"
-    real_lr_at = recon.train.lr_at
+    real_step = recon.train._Steps.__call__
 
-    def stop_at_40(step, cfg):
+    def stop_at_40(self, step):
         if step == 40:
             raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
+        return real_step(self, step)
 
-    monkeypatch.setattr(recon.train, "lr_at", stop_at_40)
+    monkeypatch.setattr(recon.train._Steps, "__call__", stop_at_40)
     assert main(train_args(data, out, "steps=60", "save_every=30")) == 130
-    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
-        assert f.metadata()["step"] == "40"  # Ctrl-C saved the finished steps
-    monkeypatch.setattr(recon.train, "lr_at", real_lr_at)
+    assert load_checkpoint(out)["step"] == 40  # Ctrl-C saved the finished steps
+    monkeypatch.undo()
     assert main(train_args(data, out, "steps=60", "save_every=30")) == 0
     a, _ = ReconModel.load(out / "model.safetensors")
     b, _ = ReconModel.load(trained / "model.safetensors")
@@ -122,7 +121,7 @@ def test_loss_explosion_stops_cleanly_and_keeps_the_last_good_checkpoint(data, m
     monkeypatch.setattr(ReconLoss, "forward", explode_after_25)
     assert main(train_args(data, out, "steps=60", "save_every=10", "explode_patience=3")) == 2
     err = capsys.readouterr().err
-    assert "loss exploded at step 28" in err and "last good checkpoint (step 20)" in err and "lower lr=" in err
+    assert "loss exploded at step 28" in err and "(step 20) is kept" in err and "lower lr=" in err
     _, meta = ReconModel.load(out / "model.safetensors")
     assert meta["step"] == 20
     model, _ = ReconModel.load(out / "model.safetensors")

@@ -1,0 +1,446 @@
+"""The one resumable-run harness behind every training job (pretrain, distill, train-recon,
+train-policy).
+
+A job brings its data, its model and a step function (forward and backward of one optimizer
+step); the harness owns the rest, once:
+
+- **checkpoints**: `run_dir/checkpoints/step-XXXXXXXX.pt`, written atomically (temporary file,
+  fsync, rename), the newest `keep` kept, each holding the model, the optimizer, the step, the
+  RNG states of every rank, the loss guard and the job's own state (its data position). Only
+  tensors, numbers and strings are stored, so files load with `torch.load(weights_only=True)`;
+- **resume rules**: a resumed run must have the saved run's options except those the job
+  declares changeable (`changed_options`);
+- **one schedule** (linear warm-up, then half a cosine: MAE's, per step) and **one parameter
+  group rule** (timm's: no weight decay on biases, norms and the job's listed tokens);
+- **scalars** to `metrics.csv` and a Rerun recording, means over the logging window;
+- **the loss guard**: a non-finite loss (or one far above its running mean) never reaches the
+  weights; too many in a row stop the run with the last good checkpoint kept.
+
+What each job writes for users (the encoder, the head, the LeRobot policy folder) is its
+`export`, called after each checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import TMP_PREFIX, atomic_path
+from .errors import PixioError
+from .viz import ScalarLog, rerun_recording
+
+FORMAT = "pixio-robot/training-checkpoint"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints, oldest first (temporary files are ignored)."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+
+
+def save_checkpoint(run_dir: str | Path, step: int, payload: dict, keep: int) -> Path:
+    path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "step": step} | payload, tmp)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file, or a run folder's latest readable one."""
+    path = Path(path)
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise PixioError(f"{path}: no checkpoints in {checkpoint_dir(path)}")
+        return _read(latest)
+    if not path.exists():
+        raise PixioError(f"{path}: no such checkpoint (give a step-*.pt file or a run folder)")
+    return _read(path)
+
+
+def _read(path: Path) -> dict:
+    try:
+        # mmap: ranks resuming a large run share the file's pages instead of each reading a copy
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise PixioError(f"{path}: not a readable training checkpoint ({e.__class__.__name__})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise PixioError(
+            f"{path}: not a pixio-robot training checkpoint (encoder files load with pixio_robot.load_encoder)"
+        )
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint that loads. Writes are atomic, so this is the newest file unless
+    something outside the toolkit damaged it; then the one before it, with a warning."""
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            _read(path)
+            return path
+        except PixioError as e:
+            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+    return None
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete temporary files left by a killed writer (they are never read)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(f"{TMP_PREFIX}*"):
+            p.unlink(missing_ok=True)
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": json.dumps(np.random.get_state(legacy=False), default=_to_list),
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = json.loads(state["numpy"])
+    np_state["state"] = {
+        k: np.array(v, dtype=np.uint32) if isinstance(v, list) else v for k, v in np_state["state"].items()
+    }
+    np.random.set_state(np_state)
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_list(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.integer):
+        return int(x)
+    raise TypeError(type(x))
+
+
+# ---- resume rules -----------------------------------------------------------------------------
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """Nested options as dotted keys: {"run": {"seed": 0}} -> {"run.seed": 0}."""
+    out = {}
+    for k, v in d.items():
+        out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def changed_options(saved: dict, now: dict, may_change: Collection[str]) -> list[str]:
+    """Dotted options whose value differs between a saved run and this command, other than
+    those in `may_change` (a name covers its nested options: "run" covers "run.seed")."""
+    saved, now = flat(saved), flat(now)
+
+    def allowed(key: str) -> bool:
+        return any(key == m or key.startswith(m + ".") for m in may_change)
+
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and not allowed(k))
+
+
+# ---- optimisation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Linear warm-up from 0 over `warmup_steps`, then half a cosine down to `min_lr` at
+    `total_steps` (MAE's schedule, evaluated per optimizer step). `min_lr = peak` with no
+    warm-up is a constant learning rate."""
+
+    peak: float
+    warmup_steps: int
+    total_steps: int
+    min_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.peak * step / self.warmup_steps
+        t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return self.min_lr + (self.peak - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: Collection[str] = ()) -> list[dict]:
+    """timm's rule (MAE's and the official Pixio code's): no decay on biases, norm weights
+    (every parameter with one dimension) and the `no_decay` names; decay on the rest."""
+    from timm.optim import param_groups_weight_decay
+
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay)
+
+
+@dataclass
+class LossGuard:
+    """Flags losses that are non-finite or more than `factor` times their running mean (an
+    exponential moving average over good steps, trusted after `warmup` of them). The default
+    stops at the first non-finite loss."""
+
+    factor: float = math.inf
+    patience: int = 1
+    warmup: int = 20
+    mean: float | None = None
+    seen: int = 0
+    bad_in_a_row: int = 0
+
+    def check(self, loss: float) -> bool:
+        """True for a good loss (update the weights), False for a bad one (skip the step)."""
+        too_big = self.mean is not None and self.seen >= self.warmup and loss > self.factor * self.mean
+        if not math.isfinite(loss) or too_big:
+            self.bad_in_a_row += 1
+            return False
+        self.bad_in_a_row = 0
+        self.seen += 1
+        self.mean = loss if self.mean is None else 0.98 * self.mean + 0.02 * loss
+        return True
+
+    @property
+    def exploded(self) -> bool:
+        return self.bad_in_a_row >= self.patience
+
+
+# ---- scalars ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scalar_log(run_dir: Path, step: int, application_id: str, rrd: str = "metrics.rrd") -> Iterator[ScalarLog]:
+    """`metrics.csv` + a Rerun recording. A resumed run (`step` > 0) drops the CSV rows after
+    `step` and replays the earlier ones into the new recording, so both cover the whole run."""
+    csv_path = run_dir / "metrics.csv"
+    with rerun_recording(run_dir / rrd, application_id=application_id) as rec:
+        log = ScalarLog(csv_path, rec, resume_step=step if step else None)
+        if step and csv_path.exists():
+            _replay(csv_path, rec)
+        try:
+            yield log
+        finally:
+            log.close()
+
+
+def _replay(csv_path: Path, rec) -> None:
+    import rerun as rr
+
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            rec.set_time("step", sequence=int(float(row.pop("step"))))
+            for k, v in row.items():
+                with contextlib.suppress(TypeError, ValueError):
+                    if math.isfinite(float(v)):
+                        rec.log(f"metrics/{k}", rr.Scalars([float(v)]))
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def _no_scalars(step: int, logging: bool) -> dict:
+    return {}
+
+
+def _no_state() -> dict:
+    return {}
+
+
+def _one(x):
+    return [x]
+
+
+@dataclass
+class Run:
+    """One job's optimisation from `start` to `total` steps.
+
+    `step_fn(step)` runs the forward and backward passes of optimizer step `step` (0-based) and
+    returns the loss (already averaged over ranks) and extra scalars. After each finished step
+    `after_step(done, logging)` may do more (validate, at epoch ends) and returns scalars that
+    are logged when `logging` (the same keys every time: the CSV's header is fixed). At each
+    save `state()` gives the job's resumable state (JSON text or tensors: its data position)
+    and `export(done)` writes its user-facing files. In a multi-process run every rank calls
+    `run`; `gather` collects one object per rank and only `is_main` writes.
+    """
+
+    kind: str
+    run_dir: Path
+    config: dict
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int], float]
+    total: int
+    step_fn: Callable[[int], tuple[float, dict]]
+    samples_per_step: int
+    log_every: int
+    save_every: int
+    keep: int = 2
+    guard: LossGuard = field(default_factory=LossGuard)
+    grad_clip: float | None = None
+    advice: str = "lower the learning rate"  # what to do when the loss explodes
+    after_step: Callable[[int, bool], dict] = _no_scalars
+    state: Callable[[], dict] = _no_state
+    export: Callable[[int], None] | None = None
+    gather: Callable = _one
+    rank: int = 0
+    is_main: bool = True
+    progress: bool = True
+    save_on_interrupt: bool = True
+    last_saved: Path | None = None
+
+    # -- resuming --
+
+    def resume(self, ckpt: dict) -> int:
+        """Restore model, optimizer, RNG and guard from a checkpoint; the step to go on from."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        rngs = ckpt["rng"]
+        if self.rank < len(rngs):
+            set_rng_state(rngs[self.rank])
+        guard = json.loads(ckpt["guard"])
+        self.guard.mean, self.guard.seen = guard["mean"], guard["seen"]
+        self.last_saved = Path(ckpt["path"])
+        return int(ckpt["step"])
+
+    # -- the loop --
+
+    def run(self, start: int, stop: int | None = None, log: ScalarLog | None = None) -> int:
+        """Train from step `start` to `stop` (default: `total`); the step reached."""
+        stop = self.total if stop is None else min(stop, self.total)
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=self.total,
+            initial=start,
+            desc=self.kind,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=not (self.is_main and self.progress),
+        )
+        window: list[tuple[float, dict]] = []
+        t0 = time.perf_counter()
+        done = start
+        self.model.train()
+        try:
+            for step in range(start, stop):
+                lr = self.schedule(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, extra = self.step_fn(step)
+                self._update(step, loss)
+                done = step + 1
+                window.append((loss, extra))
+                logging = done % self.log_every == 0 or done == stop
+                scalars = self.after_step(done, logging)
+                if logging:
+                    seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+                    self._log(log, done, lr, window, scalars, seconds)
+                    window = []
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                if done % self.save_every == 0 or done == stop:
+                    self.save(done, loss)
+        except KeyboardInterrupt:
+            if self.save_on_interrupt and self.guard.bad_in_a_row == 0 and done > self._saved_step():
+                self.save(done, math.nan)
+            where = self.last_saved or "nothing"
+            print(f"\ninterrupted: {where} is saved; the same command continues", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+        return done
+
+    def _update(self, step: int, loss: float) -> None:
+        """The optimizer step for a good loss (and finite gradients); a skipped step otherwise."""
+        good = self.guard.check(loss)
+        if good and self.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+            if not torch.isfinite(norm):
+                good, self.guard.bad_in_a_row = False, self.guard.bad_in_a_row + 1
+        if good:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.guard.exploded:
+            mean = math.nan if self.guard.mean is None else self.guard.mean
+            kept = f"the last good checkpoint {self.last_saved} (step {self._saved_step()}) is kept"
+            raise PixioError(
+                f"loss exploded at step {step + 1} (loss {loss:.4g}, running mean {mean:.4g}, "
+                f"{self.guard.bad_in_a_row} bad step(s) in a row): training stopped before the update; "
+                f"{kept if self.last_saved else 'no checkpoint was written yet'}; {self.advice}"
+            )
+
+    def _saved_step(self) -> int:
+        m = _NAME.match(self.last_saved.name) if self.last_saved else None
+        return int(m.group(1)) if m else 0
+
+    def _log(self, log, done: int, lr: float, window: list, scalars: dict, seconds: float) -> None:
+        mean = {"loss": sum(w[0] for w in window) / len(window)}
+        for k in window[0][1]:
+            mean[k] = sum(float(w[1][k]) for w in window) / len(window)
+        rate = self.samples_per_step * len(window) / max(seconds, 1e-9)
+        values = mean | {"lr": lr, "samples_per_s": rate} | scalars
+        if log is not None:
+            log.log(done, **values)
+        if self.is_main and not self.progress:
+            print(f"{self.kind} step {done}/{self.total} loss {mean['loss']:.4f} lr {lr:.3g}", flush=True)
+
+    def save(self, step: int, loss: float) -> None:
+        rngs = self.gather(rng_state())
+        job = self.state()  # collective in multi-process jobs: every rank calls it
+        if not self.is_main:
+            return
+        payload = {
+            "kind": self.kind,
+            "config": json.dumps(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rngs,
+            "guard": json.dumps({"mean": self.guard.mean, "seen": self.guard.seen}),
+            "loss": loss,
+        } | job
+        self.last_saved = save_checkpoint(self.run_dir, step, payload, self.keep)
+        if self.export is not None:
+            self.export(step)
+
+
+def resume_checkpoint(run_dir: Path, config: dict, may_change: Collection[str], option_hint: str) -> dict | None:
+    """The run folder's latest checkpoint if its options agree with `config` (except
+    `may_change`); None when there is none. `option_hint` names what to do otherwise."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    ckpt = _read(path)
+    changed = changed_options(json.loads(ckpt["config"]), config, may_change)
+    if changed:
+        k = changed[0]
+        saved, now = flat(json.loads(ckpt["config"])).get(k), flat(config).get(k)
+        raise PixioError(
+            f"cannot resume {run_dir}: it was started with {k}={saved!r}, this command has {k}={now!r}; keep the "
+            f"run's options or {option_hint} (may change: {', '.join(sorted(may_change))})"
+        )
+    return ckpt
