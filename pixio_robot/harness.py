@@ -307,6 +307,7 @@ class Run:
     export: Callable[[int], None] | None = None
     gather: Callable = _one
     rank: int = 0
+    world_size: int = 1
     is_main: bool = True
     progress: bool = True
     save_on_interrupt: bool = True
@@ -319,7 +320,7 @@ class Run:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         rngs = ckpt["rng"]
-        if self.rank < len(rngs):
+        if len(rngs) == self.world_size:  # another number of ranks starts from the seeds
             set_rng_state(rngs[self.rank])
         guard = json.loads(ckpt["guard"])
         self.guard.mean, self.guard.seen = guard["mean"], guard["seen"]

@@ -1,4 +1,6 @@
-"""The training loop shared by `pixio-robot pretrain` and `pixio-robot distill`.
+"""`pixio-robot pretrain` and `pixio-robot distill`: their data, models and step function on
+the core's training harness (`pixio_robot.harness`: loop, checkpoints, schedule, loss guard,
+scalars).
 
 One optimizer step = `accum_steps` micro-batches per rank; gradients are averaged over ranks
 by DistributedDataParallel, so `batch_size` is the whole step's batch whatever the number of
@@ -14,18 +16,14 @@ encoder.safetensors.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
-import math
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from pixio_robot.atomic import write_json
 from pixio_robot.checkpoints import load_encoder, save_encoder
@@ -33,18 +31,16 @@ from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_dtype
 from pixio_robot.encoder import PixioViT, create_encoder
 from pixio_robot.errors import PixioError
-from pixio_robot.viz import ScalarLog, rerun_recording
+from pixio_robot.harness import (
+    Run,
+    WarmupCosine,
+    list_checkpoints,
+    remove_stale_temporaries,
+    resume_checkpoint,
+    scalar_log,
+)
 
 from . import distributed
-from .checkpointing import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    remove_stale_temporaries,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from .configuration_distill import DistillConfig
 from .configuration_pixio import PretrainConfig, check_batch
 from .curation import Curation
@@ -60,22 +56,14 @@ from .data import (
 )
 from .modeling_distill import DistillModel, teacher_tokens
 from .modeling_pixio import PixioPretrainModel, set_attention
-from .optim import lr_at, make_optimizer, set_lr
+from .optim import make_optimizer
 
-# Options that change what a step computes: a resumed run must keep them.
-_FIXED_ON_RESUME = (
-    "model",
-    "student",
-    "teacher",
-    "batch_size",
-    "run.seed",
-    "data.sources",
-    "data.cameras",
-    "data.frame_stride",
-    "data.crop_scale",
-    "data.curation",
-    "data.min_color_entropy",
-    "data.min_image_side",
+# What a resumed run may change (how it runs, how long, how fast it learns); everything else
+# (model, batch, seed, data) changes what a step computes and must stay.
+MAY_CHANGE_ON_RESUME = (
+    *("run.dir", "run.resume", "run.device", "run.dtype", "run.compile", "run.deterministic", "run.threads"),
+    *("run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.stop_after", "run.progress"),
+    *("run.export", "optim", "schedule", "accum_steps", "data.num_workers", "kind"),
 )
 
 
@@ -158,14 +146,8 @@ def train(cfg, make_objective) -> int:
 def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
     run_dir = Path(cfg.run.dir)
     micro = check_batch(cfg.batch_size, cfg.accum_steps, env.world_size)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    if cfg.run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    dtype = pick_dtype(cfg.run.dtype)
-    device = env.device
-
+    _set_runtime(cfg)
+    dtype, device = pick_dtype(cfg.run.dtype), env.device
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     sources = find_sources(cfg.data.sources, cfg.data.cameras, cfg.data.frame_stride)
     check_readable(sources)
@@ -174,63 +156,77 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
         if cfg.data.curation
         else None
     )
-
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     objective = make_objective(cfg, device)
     model = objective.model.to(device)
     attention = set_attention(model, objective.attention, device, dtype)
     if objective.teacher is not None:
         set_attention(objective.teacher, objective.attention, device, dtype)
+    torch.manual_seed(cfg.run.seed + env.rank)  # stochastic depth differs per rank (a resume restores it)
     optimizer = make_optimizer(model, cfg.optim, device)
-    peak_lr = cfg.optim.peak_lr(cfg.batch_size)
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        rngs = ckpt["rng"]
-        if len(rngs) == env.world_size:
-            set_rng_state(rngs[env.rank])
-    else:
-        torch.manual_seed(cfg.run.seed + env.rank)  # stochastic depth differs per rank
-    if cfg.run.compile:
-        for blk in _blocks(model):
-            blk.compile()
-    ddp = model
-    if env.distributed:
-        # The class token's gradient is a slice of the gradient of the concatenated class and
-        # register tokens (timm's layout); DDP copies it into its bucket and warns once per rank.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    plan = BatchPlan(
-        micro,
-        cfg.accum_steps,
-        env.rank,
-        env.world_size,
-        cfg.run.seed,
-        objective.image_size,
-        tuple(cfg.data.crop_scale),
-        objective.num_cells,
+    steps = _Steps(cfg, env, objective, model, dtype, json.loads(ckpt["data"]) if ckpt else {})
+    run = Run(
+        kind=objective.kind,
+        run_dir=run_dir,
+        config=to_dict(cfg),
+        model=model,
+        optimizer=optimizer,
+        schedule=WarmupCosine(
+            cfg.optim.peak_lr(cfg.batch_size), cfg.schedule.warmup_steps, cfg.schedule.steps, cfg.schedule.min_lr
+        ),
+        total=cfg.schedule.steps,
+        step_fn=steps,
+        samples_per_step=cfg.batch_size,
+        log_every=cfg.run.log_every,
+        save_every=cfg.run.checkpoint_every,
+        keep=cfg.run.keep_checkpoints,
+        advice="lower optim.base_lr or use run.dtype=float32, then run.resume=true",
+        after_step=steps.after_step,
+        state=steps.state,
+        gather=lambda x: distributed.gather_objects(x, env),
+        rank=env.rank,
+        world_size=env.world_size,
+        is_main=env.is_main,
+        progress=cfg.run.progress,
+        save_on_interrupt=False,  # a collective write: ranks may not all see the interrupt
     )
-    position = json.loads(ckpt["data"]) if ckpt is not None else {}
-    dataset = _dataset(sources, plan, cfg.data.num_workers, step, position, curation, env)
-    loader = make_loader(dataset, cfg.data.num_workers, pin_memory=device.type == "cuda")
-
+    step = run.resume(ckpt) if ckpt is not None else 0
+    steps.wrap(model, env, device)
+    steps.loader = make_loader(
+        _dataset(sources, steps.plan, cfg.data.num_workers, step, steps.position, curation, env),
+        cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     if env.is_main:
-        remove_stale_temporaries(run_dir)
-        remove_stale_temporaries(run_dir / "checkpoints")
-        write_json(run_dir / "config.json", to_dict(cfg) | {"kind": objective.kind})
-        n_params = sum(p.numel() for p in model.parameters())
-        print(
-            f"{objective.kind}: {n_params / 1e6:.1f}M parameters, {sources.describe()}, batch {cfg.batch_size} "
-            f"({env.world_size} ranks x {cfg.accum_steps} accumulation x {micro}), peak lr {peak_lr:.3g}, "
-            f"{device.type} {dtype}, {attention} attention" + (f", resuming at step {step}" if ckpt else "")
-        )
-
+        _announce(cfg, run_dir, objective, model, sources, micro, dtype, device, attention, step)
+    stop = None if cfg.run.stop_after is None else step + cfg.run.stop_after
     with _logs(run_dir, step, env.is_main) as log:
-        state = _Loop(cfg, env, objective, model, ddp, optimizer, loader, dtype, peak_lr, plan, position, log)
-        step = state.run(step)
+        step = run.run(step, stop, log)
+    return _finish(cfg, run_dir, objective, step, env)
+
+
+def _set_runtime(cfg) -> None:
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def _announce(cfg, run_dir, objective, model, sources, micro, dtype, device, attention, step) -> None:
+    remove_stale_temporaries(run_dir)
+    remove_stale_temporaries(run_dir / "checkpoints")
+    write_json(run_dir / "config.json", to_dict(cfg) | {"kind": objective.kind})
+    n_params = sum(p.numel() for p in model.parameters())
+    world = cfg.batch_size // (cfg.accum_steps * micro)
+    print(
+        f"{objective.kind}: {n_params / 1e6:.1f}M parameters, {sources.describe()}, batch {cfg.batch_size} "
+        f"({world} ranks x {cfg.accum_steps} accumulation x {micro}), peak lr {cfg.optim.peak_lr(cfg.batch_size):.3g}, "
+        f"{device.type} {dtype}, {attention} attention" + (f", resuming at step {step}" if step else "")
+    )
+
+
+def _finish(cfg, run_dir: Path, objective: Objective, step: int, env) -> int:
     if env.is_main and step >= cfg.schedule.steps:
         out = save_encoder(
             objective.encoder.cpu(),
@@ -257,28 +253,12 @@ def _checkpoint_to_resume(cfg, run_dir: Path) -> dict | None:
                 "another run.dir"
             )
         return None
-    path = latest_checkpoint(run_dir)
-    if path is None:
+    ckpt = resume_checkpoint(run_dir, to_dict(cfg), MAY_CHANGE_ON_RESUME, "start a new run.dir")
+    if ckpt is None:
         raise PixioError(
             f"run.resume=true but {run_dir}/checkpoints holds no checkpoint: drop run.resume=true to start"
         )
-    ckpt = load_checkpoint(path)
-    saved, now = _flat(json.loads(ckpt["config"])), _flat(to_dict(cfg))
-    changed = [k for k in now if saved.get(k) != now[k] and k.startswith(_FIXED_ON_RESUME)]
-    if changed:
-        k = changed[0]
-        raise PixioError(
-            f"run.resume=true with {k}={now[k]!r}, but the run was started with {saved.get(k)!r}: keep the run's "
-            "options (see config.json) or start a new run.dir"
-        )
     return ckpt
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return out
 
 
 def _dataset(sources: Sources, plan: BatchPlan, num_workers: int, step: int, position: dict, curation, env):
@@ -300,92 +280,60 @@ def _dataset(sources: Sources, plan: BatchPlan, num_workers: int, step: int, pos
 
 @contextlib.contextmanager
 def _logs(run_dir: Path, step: int, is_main: bool):
-    """ScalarLog on rank 0 (CSV + Rerun recording; a resumed run replays its earlier rows
-    into the new recording so the .rrd covers the whole run), nothing elsewhere."""
+    """The harness's scalar log on rank 0, nothing elsewhere."""
     if not is_main:
         yield None
         return
-    csv_path = run_dir / "metrics.csv"
-    with rerun_recording(run_dir / "metrics.rrd", application_id="pixio_robot_pretrain") as rec:
-        log = ScalarLog(csv_path, rec, resume_step=step if step else None)
-        if step and csv_path.exists():
-            _replay(csv_path, rec)
-        try:
-            yield log
-        finally:
-            log.close()
+    with scalar_log(run_dir, step, "pixio_robot_pretrain") as log:
+        yield log
 
 
-def _replay(csv_path: Path, rec) -> None:
-    import rerun as rr
+class _Steps:
+    """Pre-training's step: `accum_steps` micro-batches per rank, forward under autocast,
+    backward (DDP averages gradients over ranks), the loss averaged over ranks. Keeps where
+    each loader worker is in its data, for the checkpoint."""
 
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            rec.set_time("step", sequence=int(float(row.pop("step"))))
-            for k, v in row.items():
-                with contextlib.suppress(TypeError, ValueError):
-                    if math.isfinite(float(v)):
-                        rec.log(f"metrics/{k}", rr.Scalars([float(v)]))
-
-
-class _Loop:
-    def __init__(self, cfg, env, objective, model, ddp, optimizer, loader, dtype, peak_lr, plan, position, log):
-        self.cfg, self.env, self.objective = cfg, env, objective
-        self.model, self.ddp, self.optimizer, self.loader = model, ddp, optimizer, loader
-        self.dtype, self.peak_lr, self.plan, self.log = dtype, peak_lr, plan, log
+    def __init__(self, cfg, env, objective: Objective, model: nn.Module, dtype, position: dict):
+        self.cfg, self.env, self.objective, self.dtype = cfg, env, objective, dtype
         self.device = env.device
+        self.ddp = model
+        self.position = position
+        micro = check_batch(cfg.batch_size, cfg.accum_steps, env.world_size)
+        self.plan = BatchPlan(
+            micro,
+            cfg.accum_steps,
+            env.rank,
+            env.world_size,
+            cfg.run.seed,
+            objective.image_size,
+            tuple(cfg.data.crop_scale),
+            objective.num_cells,
+        )
         self.consumers: dict[int, dict] = {int(c): s for c, s in position.get("consumers", {}).items()}
         self.skipped_before = int(position.get("skipped", 0))
         self.skipped: dict[int, int] = {}
-        self.skipped_shown = 0
-        self.last_good: Path | None = None
+        self.loader = None
+        self._batches = None
 
-    def run(self, step: int) -> int:
-        cfg, env = self.cfg, self.env
-        total = cfg.schedule.steps
-        stop = total if cfg.run.stop_after is None else min(total, step + cfg.run.stop_after)
-        self.last_good = latest_checkpoint(cfg.run.dir) if step else None
-        bar = tqdm(
-            total=total,
-            initial=step,
-            desc=self.objective.kind,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (env.is_main and cfg.run.progress),
-        )
-        batches = iter(self.loader)
-        self.model.train()
-        ips = None
-        try:
-            while step < stop:
-                t0 = time.perf_counter()
-                lr = lr_at(step, self.peak_lr, cfg.schedule)
-                set_lr(self.optimizer, lr)
-                loss, extra = self.accumulate(batches)
-                self.check_finite(loss, step)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                rate = cfg.batch_size / (time.perf_counter() - t0)
-                ips = rate if ips is None else 0.9 * ips + 0.1 * rate
-                if step % cfg.run.log_every == 0 or step == stop:
-                    self.record(step, loss, lr, rate, extra)
-                bar.update(1)
-                shown = {"loss": f"{loss:.4f}", "img/s": f"{ips:.1f}", "lr": f"{lr:.2e}"}
-                bar.set_postfix(shown | ({"skipped": self.skipped_shown} if self.skipped_shown else {}), refresh=False)
-                if step % cfg.run.checkpoint_every == 0 or step == stop:
-                    self.checkpoint(step, loss)
-        finally:
-            bar.close()
-        return step
+    def wrap(self, model: nn.Module, env, device) -> None:
+        """Compile and wrap for DDP after the weights are restored."""
+        if self.cfg.run.compile:
+            for blk in _blocks(model):
+                blk.compile()
+        if env.distributed:
+            # The class token's gradient is a slice of the gradient of the concatenated class and
+            # register tokens (timm's layout); DDP copies it into its bucket and warns once per rank.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            ids = [device.index] if device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def accumulate(self, batches) -> tuple[float, dict]:
-        """Forward and backward over this step's micro-batches; the loss averaged over them
-        and over ranks (one synchronisation per step)."""
+    def __call__(self, step: int) -> tuple[float, dict]:
+        if self._batches is None:
+            self._batches = iter(self.loader)
         accum = self.cfg.accum_steps
         total = torch.zeros(1 + len(self.objective.extra_logs), device=self.device)
         for j in range(accum):
-            batch = self.next_batch(batches)
+            batch = self.next_batch()
             x = to_model_input(batch["images"], self.device)
             noise = batch["noise"].to(self.device, non_blocking=True)
             sync = contextlib.nullcontext() if j == accum - 1 or not self.env.distributed else self.ddp.no_sync()
@@ -397,9 +345,9 @@ class _Loop:
         total = distributed.all_reduce_mean(total / accum, self.env).tolist()
         return total[0], dict(zip(self.objective.extra_logs, total[1:], strict=True))
 
-    def next_batch(self, batches) -> dict:
+    def next_batch(self) -> dict:
         try:
-            batch = next(batches)
+            batch = next(self._batches)
         except Exception as e:
             text = str(e)
             if "PixioError" in text:  # raised in a loader worker: keep its one line
@@ -411,57 +359,22 @@ class _Loop:
         self.skipped[w] = batch["skipped"]
         return batch
 
-    def check_finite(self, loss: float, step: int) -> None:
-        if math.isfinite(loss):
-            return
-        where = (
-            f"the last good checkpoint {self.last_good} is kept" if self.last_good else "no checkpoint was written yet"
-        )
-        raise PixioError(
-            f"loss is {loss} at step {step + 1}: training stopped before the update and {where}; lower optim.base_lr "
-            "or use run.dtype=float32, then run.resume=true"
-        )
-
-    def record(self, step: int, loss: float, lr: float, rate: float, extra: dict) -> None:
-        self.skipped_shown = skipped = self.skipped_total()
-        if self.log is not None:
-            self.log.log(step, loss=loss, lr=lr, images_per_s=rate, skipped_images=skipped, **extra)
-        if self.env.is_main and not self.cfg.run.progress:
-            print(f"step {step}/{self.cfg.schedule.steps} loss {loss:.4f} lr {lr:.3g} {rate:.1f} img/s", flush=True)
-
     def skipped_total(self) -> int:
         counts = distributed.gather_objects(sum(self.skipped.values()), self.env)
         return self.skipped_before + sum(counts)
 
-    def checkpoint(self, step: int, loss: float) -> None:
-        # Every rank takes part (positions and RNG states are gathered); rank 0 writes.
+    def after_step(self, done: int, logging: bool) -> dict:
+        return {"skipped_images": self.skipped_total()} if logging else {}
+
+    def state(self) -> dict:
+        """The data position (gathered from every rank) and the encoder's architecture."""
         consumers = distributed.gather_objects(self.consumers, self.env)
-        rngs = distributed.gather_objects(rng_state(), self.env)
         skipped = self.skipped_total()
-        if not self.env.is_main:
-            return
-        position = {"micro": step * self.cfg.accum_steps, "skipped": skipped}
+        position = {"skipped": skipped}
         if isinstance(self.loader.dataset, ShardBatches):
             position |= {
                 "consumers": {str(c): s for part in consumers for c, s in part.items()},
                 "consumers_per_rank": self.loader.dataset.num_workers,
                 "world_size": self.env.world_size,
             }
-        payload = {
-            "kind": self.objective.kind,
-            "config": json.dumps(to_dict(self.cfg)),
-            "encoder": json.dumps(self.objective.encoder.config),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {
-                "peak_lr": self.peak_lr,
-                "warmup_steps": self.cfg.schedule.warmup_steps,
-                "steps": self.cfg.schedule.steps,
-                "min_lr": self.cfg.schedule.min_lr,
-                "lr": lr_at(step, self.peak_lr, self.cfg.schedule),
-            },
-            "data": json.dumps(position),
-            "rng": rngs,
-            "loss": loss,
-        }
-        self.last_good = save_checkpoint(self.cfg.run.dir, step, payload, self.cfg.run.keep_checkpoints)
+        return {"encoder": json.dumps(self.objective.encoder.config), "data": json.dumps(position)}

@@ -11,7 +11,7 @@ import torch
 from test_pretrain_data import _keep_threads, make_images, run_args  # noqa: F401 (fixture)
 
 from pixio_robot.cli import main
-from pretrain.checkpointing import load_checkpoint
+from pixio_robot.harness import load_checkpoint
 from pretrain.configuration_pixio import ModelConfig
 from pretrain.modeling_pixio import PixioPretrainModel
 

@@ -14,7 +14,7 @@ import torch
 from test_pretrain_data import _keep_threads, make_images, run_args  # noqa: F401 (fixture)
 
 from pixio_robot.cli import main
-from pretrain.checkpointing import checkpoint_dir, latest_checkpoint, load_checkpoint
+from pixio_robot.harness import checkpoint_dir, latest_checkpoint, load_checkpoint
 
 STEPS = 12
 

@@ -15,7 +15,8 @@ from test_pretrain_data import _keep_threads, make_images, run_args  # noqa: F40
 from pixio_robot import load_encoder, save_encoder
 from pixio_robot.cli import main
 from pixio_robot.viz import rrd_entities
-from pretrain.checkpointing import list_checkpoints, load_checkpoint, load_trained
+from pixio_robot.harness import list_checkpoints, load_checkpoint
+from pretrain.checkpointing import load_trained
 from pretrain.modeling_pixio import PixioPretrainModel
 
 
@@ -63,8 +64,8 @@ def test_checkpoint_holds_the_whole_training_state_and_loads_without_pickle(trai
     (step, path), *_ = list_checkpoints(run)[-1:]
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert step == 30 and ckpt["step"] == 30 and ckpt["kind"] == "pretrain"
-    assert set(ckpt) >= {"model", "optimizer", "scheduler", "data", "rng", "config", "encoder"}
-    assert json.loads(ckpt["data"])["micro"] == 30 and len(ckpt["optimizer"]["state"]) > 0
+    assert set(ckpt) >= {"model", "optimizer", "guard", "data", "rng", "config", "encoder"}
+    assert ckpt["step"] == 30 and len(ckpt["optimizer"]["state"]) > 0
     assert len(list_checkpoints(run)) <= 3  # keep_checkpoints
 
 
@@ -108,7 +109,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     run = tmp_path / "run"
     assert main(run_args(images, run, 8, "batch_size=4", "run.checkpoint_every=2")) == 2
     err = capsys.readouterr().err
-    assert "loss is nan at step 5" in err and "step-00000004.pt is kept" in err and err.count("\n") == 1
+    assert "loss exploded at step 5 (loss nan" in err and "step-00000004.pt (step 4) is kept" in err and err.count("\n") == 1
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
     assert load_checkpoint(run)["step"] == 4 and not (run / "encoder.safetensors").exists()
 
@@ -120,7 +121,7 @@ def test_resume_rules(tmp_path, capsys):
     assert main(run_args(images, run, 2, "batch_size=4")) == 2
     assert "already holds checkpoints: pass run.resume=true" in capsys.readouterr().err
     assert main(run_args(images, run, 2, "batch_size=8", "run.resume=true")) == 2
-    assert "resume=true with batch_size=8, but the run was started with 4" in capsys.readouterr().err
+    assert "it was started with batch_size=4, this command has batch_size=8" in capsys.readouterr().err
     assert main(run_args(images, tmp_path / "empty", 2, "run.resume=true")) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
     # a longer schedule continues from step 2
