@@ -9,17 +9,20 @@ actions with the dataset's statistics. Every `eval_every` epochs the last checkp
 simulation on validation seeds (from 50000; `eval-policy` tests from 100000, collection uses
 0..): the best one so far is kept next to the last.
 
+The loop, checkpoints and logs are the core's training harness (`pixio_robot.harness`); this
+module holds the data, the model and the step function (`_Epochs`).
+
 Run folder:
     train_config.json       the full configuration (a resumed run must match it)
     metrics.csv             per epoch: loss, learning rate, samples/s, validation success
-    training.rrd            the same scalars as a Rerun recording (per training session)
-    checkpoints/last/       LeRobot pretrained folder + training_state.safetensors (optimiser)
-    checkpoints/previous/   the checkpoint before last (a resume falls back to it if last is damaged)
-    checkpoints/best/       the best evaluated checkpoint (= last when nothing was evaluated)
+    training.rrd            the same scalars as a Rerun recording
+    checkpoints/step-*.pt   the harness's resumable state (the newest two; a damaged one is skipped)
+    checkpoints/last/       the policy as a LeRobot pretrained folder, at the last checkpoint
+    checkpoints/best/       the best evaluated policy (= last when nothing was evaluated)
     summary.json            what the run did: epochs, losses, evaluations, cache, timings
 
-Shuffling and dropout draw from generators seeded by (seed, epoch), so a resumed run repeats
-exactly what the uninterrupted one would have done.
+Shuffling, shifts and dropout draw from seeds of (seed, epoch) and (seed, step), so a resumed
+run repeats exactly what the uninterrupted one would have done.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -37,13 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-from pixio_robot.atomic import atomic_dir, atomic_path, write_json
+from pixio_robot.atomic import atomic_dir, write_json
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device
 from pixio_robot.errors import PixioError
-from pixio_robot.viz import ScalarLog, rerun_recording
+from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint, scalar_log
 
 from .backbones import load_backbone, weights_sha256
 from .cache import CacheKey, FeatureCache, ensure_cache
@@ -54,7 +55,6 @@ from .data import Demonstrations
 from .heads import HeadConfig, head_config, head_inputs
 from .modeling_pixio import PixioPolicy, join_views, save_policy
 
-TRAIN_STATE = "training_state.safetensors"
 # Options that may change when a run is resumed; every other one must match.
 # `out` may change: a run folder that was moved or copied resumes where it now is.
 RESUMABLE = {"epochs", "resume", "progress", "eval_workers", "device", "save_every", "threads", "out"}
@@ -139,8 +139,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     hc = head_config({"name": head} if isinstance(head, str) else head)
     _check_options(cfg)
     config_dict = to_dict(cfg) | {"head": dataclasses.asdict(hc)}
-    last_dir, best_dir = out / "checkpoints/last", out / "checkpoints/best"
-    resumed = _check_out(out, cfg, config_dict, _resumable(out))
+    resuming = _check_out(out, cfg)
 
     demos = Demonstrations.load(cfg.dataset, cfg.cameras)
     device = pick_device(cfg.device)
@@ -151,116 +150,148 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     )
     torch.manual_seed(cfg.seed)  # the head's initialisation
     policy = make_policy(demos, backbone, spec, hc, cfg.layer, cfg.image_size, device)
-    pconfig = policy.config
-    optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
-    inputs_needed = head_inputs(hc)
-    caches = []
-    if pconfig.oracle:
-        source = EnvironmentStates(demos.env_states)
-    elif cfg.cache != "off":
-        caches = _ensure_caches(
-            demos, backbone, spec, pconfig, "patches" in inputs_needed, cfg.cache, cfg.cache_dtype, cfg.progress
-        )
-        source = CachedFeatures(caches, inputs_needed)
-        for cache in caches:
-            print(f"features: {'built' if cache.built else 'reused'} {cache.path}", file=sys.stderr)
-    else:
-        source = EncodedImages([demos.decode_frames(c) for c in demos.cameras], policy, cfg.augment)
-
-    state = {"epoch": 0, "step": 0, "best_success": None, "best_epoch": None, "losses": []}
-    if resumed:
-        state = _load_training_state(_resumable(out), policy, optimizer, pconfig)
-    else:  # every check has passed: only now is anything written to out=
+    # the encoder's hash joins the options: a resumed run must read the same features
+    config_dict["encoder_sha256"] = policy.config.encoder_sha256
+    ckpt = resume_checkpoint(out, config_dict, RESUMABLE, "start a new run (another out=)") if resuming else None
+    source, caches = _feature_source(cfg, demos, backbone, spec, policy, head_inputs(hc))
+    if ckpt is None:  # every check has passed: only now is anything written to out=
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", config_dict)
+    steps = _Epochs(cfg, demos, policy, source, device)
+    run = Run(
+        kind="train-policy",
+        run_dir=out,
+        config=config_dict,
+        model=policy,
+        optimizer=torch.optim.AdamW(param_groups(policy.head, hc.weight_decay), lr=hc.lr),
+        schedule=WarmupCosine(hc.lr, 0, 1, min_lr=hc.lr),  # constant, as eai-vc and ACT train heads
+        total=cfg.epochs * steps.per_epoch,
+        step_fn=steps,
+        samples_per_step=cfg.batch_size,
+        log_every=steps.per_epoch,
+        save_every=max(cfg.save_every, 1) * steps.per_epoch,
+        advice="lower the head's learning rate (head.lr=...) and train again",
+        after_step=steps.after_step,
+        state=steps.state,
+        export=lambda step: save_policy(policy, steps.last_dir),
+        progress=cfg.progress,
+    )
+    start = run.resume(ckpt) if ckpt is not None else 0
+    if ckpt is not None:
+        steps.restore(json.loads(ckpt["training"]))
+    with scalar_log(out, start, "pixio_robot_train_policy", rrd="training.rrd") as log:
+        run.run(start, log=log)
+    if cfg.eval_every == 0 or not steps.best_dir.exists():
+        _copy_checkpoint(steps.last_dir, steps.best_dir)
+    return _summarise(cfg, out, steps, caches, policy.config, time.perf_counter() - started)
 
-    states = torch.from_numpy(demos.states)
-    actions = torch.from_numpy(demos.actions)
-    n = len(demos)
-    spec_env = demos.spec
-    eval_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + cfg.eval_episodes))
 
-    from tqdm import tqdm
+def _feature_source(cfg: TrainPolicyConfig, demos, backbone, spec, policy, inputs_needed):
+    """Where the head's inputs come from: the environment state (oracle), the feature caches,
+    or (cache=off) the images encoded at every step."""
+    if policy.config.oracle:
+        return EnvironmentStates(demos.env_states), []
+    if cfg.cache == "off":
+        return EncodedImages([demos.decode_frames(c) for c in demos.cameras], policy, cfg.augment), []
+    patches = "patches" in inputs_needed
+    caches = _ensure_caches(demos, backbone, spec, policy.config, patches, cfg.cache, cfg.cache_dtype, cfg.progress)
+    for cache in caches:
+        print(f"features: {'built' if cache.built else 'reused'} {cache.path}", file=sys.stderr)
+    return CachedFeatures(caches, inputs_needed), caches
 
-    with (
-        rerun_recording(out / "training.rrd", application_id="pixio_robot_train_policy") as rec,
-        ScalarLog(out / "metrics.csv", rec, resume_step=state["step"] if resumed else None) as log,
-    ):
-        bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not cfg.progress)
-        for epoch in range(state["epoch"], cfg.epochs):
-            t0 = time.perf_counter()
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            torch.manual_seed(cfg.seed * 1_000_033 + epoch)  # dropout
-            policy.train()
-            total, count = 0.0, 0
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, cfg.batch_size):
-                index = order[start : start + cfg.batch_size]
-                if len(index) < 2:  # BatchNorm needs two samples
-                    continue
-                history = demos.history_indices(index, hc.history)
-                targets, pad = demos.chunk_indices(index, hc.chunk_size)
-                features = {k: v.to(device) for k, v in source(history, generator).items()}
-                loss = policy.loss_from_features(
-                    features, states[index].to(device), actions[targets].to(device), pad.to(device)
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(index)
-                count += len(index)
-                state["step"] += 1
-            mean_loss = total / max(count, 1)
-            if not math.isfinite(mean_loss):
-                raise PixioError(f"the training loss became {mean_loss} at epoch {epoch + 1}: lower the head's lr")
-            state["epoch"] = epoch + 1
-            state["losses"].append(mean_loss)
-            seconds = time.perf_counter() - t0
-            success = float("nan")
-            final = epoch + 1 == cfg.epochs
-            evaluate_now = cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or final)
-            if evaluate_now or final or (epoch + 1) % max(cfg.save_every, 1) == 0:
-                _save(policy, optimizer, state, last_dir)
-            if evaluate_now:
-                from .evaluation import evaluate
 
-                result = evaluate(last_dir, spec_env, eval_seeds, workers=cfg.eval_workers, progress=False)
-                success = result["success_rate"]
-                if state["best_success"] is None or success >= state["best_success"]:
-                    state["best_success"], state["best_epoch"] = success, epoch + 1
-                    _copy_checkpoint(last_dir, best_dir)
-                    _save(policy, optimizer, state, last_dir)  # remember the new best in the state
-            log.log(
-                state["step"],
-                epoch=epoch + 1,
-                loss=mean_loss,
-                lr=optimizer.param_groups[0]["lr"],
-                samples_per_s=count / max(seconds, 1e-9),
-                val_success=success,
-            )
-            bar.set_postfix(loss=f"{mean_loss:.4f}", **({"val": f"{success:.0%}"} if evaluate_now else {}))
-            bar.update(1)
-        bar.close()
-    if cfg.eval_every == 0 or not best_dir.exists():
-        _copy_checkpoint(last_dir, best_dir)
-    elapsed = time.perf_counter() - started
+class _Epochs:
+    """train-policy's step function: shuffled mini-batches of the demonstrations, epoch by
+    epoch (the order of epoch e and each step's random draws come from seeds of (seed, e) and
+    (seed, step): a resumed run repeats the uninterrupted one), and at the end of every
+    `eval_every` epochs a validation in simulation that keeps the best checkpoint."""
+
+    def __init__(self, cfg: TrainPolicyConfig, demos: Demonstrations, policy: PixioPolicy, source, device):
+        self.cfg, self.demos, self.policy, self.source, self.device = cfg, demos, policy, source, device
+        self.hc = policy.config.head_config
+        n, bs = len(demos), cfg.batch_size
+        self.per_epoch = n // bs + (n % bs >= 2)  # a last batch of one is skipped: BatchNorm needs two
+        if self.per_epoch == 0:
+            raise PixioError(f"{cfg.dataset} holds {n} frame(s): BatchNorm needs at least 2")
+        self.states, self.actions = torch.from_numpy(demos.states), torch.from_numpy(demos.actions)
+        self.last_dir, self.best_dir = Path(cfg.out) / "checkpoints/last", Path(cfg.out) / "checkpoints/best"
+        self.eval_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + cfg.eval_episodes))
+        self.best_success, self.best_epoch, self.losses = None, None, []
+        self._order, self._epoch_loss = (-1, None), []
+
+    def __call__(self, step: int) -> tuple[float, dict]:
+        epoch, i = divmod(step, self.per_epoch)
+        if self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.demos), generator=generator))
+        bs = self.cfg.batch_size
+        index = self._order[1][i * bs : (i + 1) * bs]
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * step + 1)  # shifts
+        torch.manual_seed(self.cfg.seed * 1_000_033 + step)  # dropout
+        history = self.demos.history_indices(index, self.hc.history)
+        targets, pad = self.demos.chunk_indices(index, self.hc.chunk_size)
+        features = {k: v.to(self.device) for k, v in self.source(history, generator).items()}
+        loss = self.policy.loss_from_features(
+            features, self.states[index].to(self.device), self.actions[targets].to(self.device), pad.to(self.device)
+        )
+        loss.backward()
+        self._epoch_loss.append((loss.item(), len(index)))
+        return loss.item(), {}
+
+    def after_step(self, done: int, logging: bool) -> dict:
+        if done % self.per_epoch:
+            return {}
+        epoch = done // self.per_epoch
+        total = sum(loss * k for loss, k in self._epoch_loss) / sum(k for _, k in self._epoch_loss)
+        self.losses.append(total)
+        self._epoch_loss = []
+        final = epoch == self.cfg.epochs
+        success = math.nan
+        if self.cfg.eval_every > 0 and (epoch % self.cfg.eval_every == 0 or final):
+            success = self.validate(epoch)
+        # the epoch's loss weighted by batch size (replaces the harness's mean over steps)
+        return {"epoch": epoch, "loss": total, "val_success": success}
+
+    def validate(self, epoch: int) -> float:
+        from .evaluation import evaluate
+
+        save_policy(self.policy, self.last_dir)
+        result = evaluate(
+            self.last_dir, self.demos.spec, self.eval_seeds, workers=self.cfg.eval_workers, progress=False
+        )
+        success = result["success_rate"]
+        if self.best_success is None or success >= self.best_success:
+            self.best_success, self.best_epoch = success, epoch
+            _copy_checkpoint(self.last_dir, self.best_dir)
+        return success
+
+    def state(self) -> dict:
+        kept = {"best_success": self.best_success, "best_epoch": self.best_epoch, "losses": self.losses}
+        return {"training": json.dumps(kept)}
+
+    def restore(self, saved: dict) -> None:
+        self.best_success, self.best_epoch, self.losses = saved["best_success"], saved["best_epoch"], saved["losses"]
+
+
+def _summarise(cfg, out: Path, steps: _Epochs, caches, pconfig: PixioConfig, elapsed: float) -> TrainResult:
+    losses, seeds = steps.losses, steps.eval_seeds
     summary = {
-        "epochs": state["epoch"],
-        "steps": state["step"],
-        "final_loss": state["losses"][-1] if state["losses"] else None,
-        "first_loss": state["losses"][0] if state["losses"] else None,
-        "best_epoch": state["best_epoch"],
-        "best_validation_success": state["best_success"],
-        "validation_seeds": [eval_seeds[0], eval_seeds[-1]] if cfg.eval_every and eval_seeds else None,
-        "best_is": "best validation success" if state["best_epoch"] else "last (nothing evaluated)",
-        "frames": n,
-        "episodes": demos.num_episodes,
+        "epochs": len(losses),
+        "steps": len(losses) * steps.per_epoch,
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "best_epoch": steps.best_epoch,
+        "best_validation_success": steps.best_success,
+        "validation_seeds": [seeds[0], seeds[-1]] if cfg.eval_every and seeds else None,
+        "best_is": "best validation success" if steps.best_epoch else "last (nothing evaluated)",
+        "frames": len(steps.demos),
+        "episodes": steps.demos.num_episodes,
         "cache": [{"path": str(c.path), "built": c.built} for c in caches] or None,
         "encoder_sha256": pconfig.encoder_sha256,
         "seconds": elapsed,
     }
     write_json(out / "summary.json", summary)
-    return TrainResult(out, last_dir, best_dir, state["epoch"], state["losses"], state["best_success"], caches, elapsed)
+    return TrainResult(out, steps.last_dir, steps.best_dir, len(losses), losses, steps.best_success, caches, elapsed)
 
 
 def make_policy(
@@ -362,98 +393,26 @@ def _check_options(cfg: TrainPolicyConfig) -> None:
         raise PixioError(f"cache_dtype={cfg.cache_dtype!r}: use float16 or float32")
 
 
-def _resumable(out: Path) -> list[Path]:
-    """The checkpoints a resume may start from, newest first: `last`, and `previous` (the one
-    before it, kept so that a damaged `last` costs `save_every` epochs, not the run)."""
-    return [d for d in (out / "checkpoints/last", out / "checkpoints/previous") if (d / TRAIN_STATE).is_file()]
-
-
-def _check_out(out: Path, cfg: TrainPolicyConfig, config_dict: dict, checkpoints: list[Path]) -> bool:
+def _check_out(out: Path, cfg: TrainPolicyConfig) -> bool:
     """True when resuming; refuses an occupied folder otherwise (nothing is touched)."""
     occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if not cfg.resume:
         if occupied:
             raise PixioError(f"out={out} is not empty: pass resume=true to continue that run, or choose another out=")
         return False
-    if not checkpoints:
+    if not list_checkpoints(out):
         if occupied:
             raise PixioError(
-                f"out={out} has no checkpoint to resume from ({out / 'checkpoints/last'}): start a new run elsewhere"
+                f"out={out} has no checkpoint to resume from ({out / 'checkpoints'}): start a new run elsewhere"
             )
         return False  # nothing to resume: a fresh run
-    saved = json.loads((out / "train_config.json").read_text())
-    for key in sorted(set(saved) | set(config_dict)):
-        if key not in RESUMABLE and saved.get(key) != config_dict.get(key):
-            raise PixioError(
-                f"cannot resume {out}: it was trained with {key}={saved.get(key)!r}, this command has "
-                f"{key}={config_dict.get(key)!r} (only {', '.join(sorted(RESUMABLE))} may change)"
-            )
     return True
-
-
-def _save(policy: PixioPolicy, optimizer: torch.optim.Optimizer, state: dict, folder: Path) -> None:
-    """Write `folder` (checkpoints/last); the checkpoint it replaces becomes checkpoints/previous.
-    A kill at any point leaves one of the two whole."""
-    if (folder / TRAIN_STATE).is_file():
-        previous = folder.parent / "previous"
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(folder, previous)
-
-    def write_state(path: Path) -> None:
-        opt = optimizer.state_dict()
-        tensors = {
-            f"optimizer.{i}.{name}": torch.as_tensor(value).contiguous()
-            for i, slots in opt["state"].items()
-            for name, value in slots.items()
-        }
-        meta = {"training": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-
-    save_policy(policy, folder, extra={TRAIN_STATE: write_state})
-
-
-def _load_training_state(
-    checkpoints: list[Path], policy: PixioPolicy, optimizer: torch.optim.Optimizer, config: PixioConfig
-) -> dict:
-    """Restore from the newest readable checkpoint (a damaged one is named and skipped)."""
-    from safetensors import SafetensorError
-
-    for folder in checkpoints:
-        saved = json.loads((folder / "config.json").read_text())
-        if saved.get("encoder_sha256") != config.encoder_sha256:
-            raise PixioError(f"cannot resume {folder}: it was trained on another encoder's features")
-        try:
-            return _read_training_state(folder, policy, optimizer)
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
-            print(f"train-policy: warning: {folder} is unreadable ({e}); trying an older checkpoint", file=sys.stderr)
-    raise PixioError(
-        f"cannot resume: no readable checkpoint in {checkpoints[0].parent}: start a new run (another out=)"
-    )
-
-
-def _read_training_state(folder: Path, policy: PixioPolicy, optimizer: torch.optim.Optimizer) -> dict:
-    from safetensors import safe_open
-
-    model = load_file(str(folder / "model.safetensors"))
-    tensors = load_file(str(folder / TRAIN_STATE))
-    with safe_open(str(folder / TRAIN_STATE), framework="pt") as f:
-        meta = f.metadata()
-    training = json.loads(meta["training"])
-    opt_state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        _, i, name = key.split(".", 2)
-        opt_state.setdefault(int(i), {})[name] = value
-    policy.load_state_dict(model)  # only once every file has been read whole
-    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
-    return training
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
     with atomic_dir(dst) as tmp:
         for f in src.iterdir():
-            if f.name != TRAIN_STATE:
-                shutil.copy2(f, tmp / f.name)
+            shutil.copy2(f, tmp / f.name)
 
 
 def run(cfg: TrainPolicyConfig) -> int:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import pixio_robot
 from pixio_robot.cli import main
 from pixio_robot.errors import PixioError
+from pixio_robot.harness import list_checkpoints
 from pixio_robot.viz import rrd_entities
 
 
@@ -70,7 +71,8 @@ def test_cortexbench_head_loss_falls_and_run_folder_is_complete(dataset, tmp_pat
     for name in ("best", "last"):
         folder = out / "checkpoints" / name
         assert {"config.json", "model.safetensors", "policy_preprocessor.json"} <= {p.name for p in folder.iterdir()}
-    assert (out / "checkpoints/last/training_state.safetensors").is_file()
+    saved = [step for step, _ in list_checkpoints(out)]  # epochs 10 (save_every) and 12 (the end)
+    assert saved == [s["steps"] * 10 // 12, s["steps"]]
     config = json.loads((out / "checkpoints/best/config.json").read_text())
     assert config["type"] == "pixio" and config["head"]["hidden"] == [256, 256, 256] and config["n_obs_steps"] == 3
     assert config["env"]["id"] == "pixio_robot/Push-v0" and config["image_size"] == [IMAGE_SIZE, IMAGE_SIZE]
@@ -186,11 +188,10 @@ def test_a_moved_run_resumes_and_a_damaged_last_checkpoint_falls_back(dataset, t
     moved = tmp_path / "moved"
     shutil.move(run, moved)  # run folders are moved and copied between machines
     # the last checkpoint is damaged (a full disk, a bad copy): the one before it is used
-    state = moved / "checkpoints/last/training_state.safetensors"
-    state.write_bytes(state.read_bytes()[:100])
-    assert (moved / "checkpoints/previous/training_state.safetensors").is_file()
+    (_, first), (_, last) = list_checkpoints(moved)
+    last.write_bytes(last.read_bytes()[:100])
     assert main(train_args(dataset, moved, "epochs=3", "resume=true", *common)) == 0
-    assert "checkpoints/last is unreadable" in capsys.readouterr().err
+    assert f"{last.name}: not a readable training checkpoint" in capsys.readouterr().err
     # epoch 2 is redone from the epoch-1 checkpoint, exactly as the uninterrupted run did it
     a = load_file(str(whole / "checkpoints/last/model.safetensors"))
     b = load_file(str(moved / "checkpoints/last/model.safetensors"))
