@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import re
 import sys
 import typing
@@ -182,45 +183,87 @@ def config_yaml(cfg) -> str:
 
 
 def sweep(command: Command, overrides: list[str], values: dict, show: bool = False) -> int:
-    """Hydra's `-m`: every combination of the comma-separated (or range()) values, one run
-    after another, each into its own folder: `<out>/<key=value,...>`. Every combination is
-    composed (options and types checked) before the first run starts; a run that fails is
-    reported and the sweep goes on."""
-    import itertools
-
+    """Hydra's `-m`: every combination of the comma-separated (or range()) values, each run in
+    its own folder `<out>/<swept key=value,...>`, launched by Hydra's launcher: one after
+    another here by default, or `hydra/launcher=submitit_slurm` (a SLURM cluster) or
+    `submitit_local` with `hydra.launcher.*` options. Every combination is composed (options
+    and types checked) before the first run starts; a run that fails is reported and the sweep
+    goes on."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    axes = [[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in parsed if o.is_sweep_override()]
+    own = [o for o in parsed if not o.input_line.startswith("hydra")]
+    fixed = [o.input_line for o in own if not o.is_sweep_override()]
+    swept = [o for o in own if o.is_sweep_override()]
     out_key = _out_key(command.schema)
     if out_key is None:
         raise PixioError(f"{command.name} writes no run folder: -m sweeps need a command with out= or run.dir=")
     base = _lookup(compose_config(command.name, command.schema, fixed, values), out_key)
     if base in (None, "???"):
         raise PixioError(f"-m: give {out_key}=FOLDER: each run of the sweep gets a subfolder of it")
-    runs = []
-    for combo in itertools.product(*axes):
-        folder = f"{base}/{','.join(combo).replace('/', '_')}" if combo else str(base)
-        run_overrides = [*fixed, *combo, f"{out_key}={_quote(folder)}"]  # quoted: the name holds , and =
-        runs.append((combo, compose_config(command.name, command.schema, run_overrides, values)))
-    print(f"pixio-robot {command.name}: sweep of {len(runs)} run(s) into {base}/")
-    failed = 0
-    for i, (combo, cfg) in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {' '.join(combo) or '(no swept option)'}", flush=True)
+    combos = list(itertools.product(*[[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in swept]))
+    for combo in combos:  # all checked before anything runs
+        cfg = compose_config(command.name, command.schema, [*fixed, *combo], values)
         if show:
-            print(config_yaml(cfg), end="")
-            continue
-        try:
-            code = command(cfg)
-        except PixioError as e:
-            print(f"pixio-robot {command.name}: error in run {i}: {e}", file=sys.stderr)
-            code = 2
-        failed += code != 0
+            print(f"# {' '.join(combo)}\n{config_yaml(cfg)}", end="")
+    if show:
+        return 0
+    print(f"pixio-robot {command.name}: sweep of {len(combos)} run(s) into {base}/", flush=True)
+    not_in_names = ",".join(o.key_or_group for o in own if not o.is_sweep_override())
+    hydra_options = [
+        f"hydra.sweep.dir={_quote(str(base))}",
+        "hydra.sweep.subdir=${hydra.job.override_dirname}",  # the swept options only:
+        f"hydra.job.config.override_dirname.exclude_keys=[{not_in_names}]",
+        "hydra.output_subdir=null",  # the run folders stay empty until the command writes them
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
+    job = SweepJob(command.name, command.schema, values, out_key)
+    returns = run_multirun(command.name, command.schema, job, [*hydra_options, *overrides])
+    codes = [r.return_value for batch in returns for r in batch]
+    failed = sum(code != 0 for code in codes)
     if failed:
-        print(f"pixio-robot {command.name}: {failed} of {len(runs)} run(s) failed", file=sys.stderr)
+        print(f"pixio-robot {command.name}: {failed} of {len(codes)} run(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def run_multirun(name: str, schema: type, job: Callable, overrides: list[str]) -> list:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import CONFIG_DIR, config_name
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), job_name=name, version_base="1.3"):
+        return GlobalHydra.instance().hydra.multirun(config_name(name, schema), job, overrides)
+
+
+class SweepJob:
+    """One run of a sweep, as Hydra's launchers call it: the composed config, the command's
+    direct values and the run's own folder. Picklable for submitit; unpickling registers the
+    command's schema, which the launcher's process needs to compose the run's config."""
+
+    def __init__(self, name: str, schema: type, values: dict, out_key: str):
+        self.name, self.schema, self.values, self.out_key = name, schema, values, out_key
+
+    def __setstate__(self, state: dict) -> None:
+        from .config import config_name
+
+        self.__dict__.update(state)
+        config_name(self.name, self.schema)  # registers the schema in this process
+
+    def __call__(self, cfg) -> int:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        folder = HydraConfig.get().runtime.output_dir
+        for key, value in {**self.values, self.out_key: folder}.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        try:
+            return commands()[self.name](OmegaConf.to_object(cfg))
+        except PixioError as e:
+            print(f"pixio-robot {self.name}: error in {folder}: {e}", file=sys.stderr)
+            return 2
 
 
 def _out_key(schema: type) -> str | None:

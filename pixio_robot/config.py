@@ -32,16 +32,20 @@ T = TypeVar("T")
 def compose_config(name: str, schema: type[T], overrides: list[str] | None = None, values: dict | None = None) -> T:
     """The config `name` (YAML or bare schema) with Hydra overrides and then `values` applied,
     validated against `schema` and returned as a `schema` instance."""
-    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
-    config_name = name if (CONFIG_DIR / f"{name}.yaml").exists() else f"{name}_schema"
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name=config_name, overrides=list(overrides or []))
+            cfg = compose(config_name=config_name(name, schema), overrides=list(overrides or []))
         for key, value in (values or {}).items():
             OmegaConf.update(cfg, key, value, merge=False)
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise PixioError(_one_line(e)) from e
+
+
+def config_name(name: str, schema: type) -> str:
+    """Hydra's name of a command's config: its YAML, or the bare schema (registered here)."""
+    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+    return name if (CONFIG_DIR / f"{name}.yaml").exists() else f"{name}_schema"
 
 
 def to_dict(cfg: Any) -> dict:
