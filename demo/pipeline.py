@@ -71,21 +71,18 @@ def _cameras(cfg: DemoConfig) -> list[str]:
 
 
 def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:
-    from policies.commands import TrainPolicyConfig
     from policies.train import train_policy
 
     folder = out / "policy"
-    result = train_policy(
-        TrainPolicyConfig(
-            dataset=done["dataset"]["path"],
-            encoder=cfg.encoder,
-            cameras=_cameras(cfg),
-            head={"name": cfg.policy_head},
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            out=str(folder),
-            progress=cfg.progress,
-        )
+    result = train_policy(  # keywords: composed as `pixio-robot train-policy head=...` would be
+        dataset=done["dataset"]["path"],
+        encoder=cfg.encoder,
+        cameras=_cameras(cfg),
+        head=cfg.policy_head,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        out=str(folder),
+        progress=cfg.progress,
     )
     write_bytes(folder / "loss.png", _loss_plot(result.losses))
     return {

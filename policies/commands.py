@@ -106,9 +106,11 @@ class ProbeConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
-def command_config(schema: type, cfg, options: dict):
+def command_config(name: str, schema: type, cfg, options: dict):
     """A command's config from a config object or keyword options (not both), for the
-    function form of a command (`train_policy(...)`, `eval_policy(...)`)."""
+    function form of a command (`train_policy(...)`, `eval_policy(...)`). Keyword options go
+    through the same Hydra composition as the command line (a head given by name selects the
+    `head` group's option, as `head=keypoints` does)."""
     if cfg is not None and options:
         raise TypeError("pass a config or keyword options, not both")
     if cfg is None:
@@ -116,7 +118,12 @@ def command_config(schema: type, cfg, options: dict):
         unknown = sorted(set(options) - names)
         if unknown:
             raise PixioError(f"unknown option {unknown[0]!r}: options are {', '.join(sorted(names))}")
-        cfg = schema(**options)
+        from pixio_robot.config import compose_config
+
+        values = dict(options)
+        head = values.get("head")
+        overrides = [f"head={values.pop('head')}"] if isinstance(head, str) else []
+        cfg = compose_config(name, schema, overrides, values)
     missing = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) == "???"]
     if missing:
         raise PixioError(f"missing option {missing[0]}=...")

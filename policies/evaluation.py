@@ -316,7 +316,7 @@ def eval_policy(cfg: EvalPolicyConfig | None = None, **options) -> dict:
     returns the result dict that it also writes to `out`/result.json (see `summarise`)."""
     import envs
 
-    cfg = command_config(EvalPolicyConfig, cfg, options)
+    cfg = command_config("eval-policy", EvalPolicyConfig, cfg, options)
     if cfg.episodes < 1:
         raise PixioError(f"episodes={cfg.episodes}: run at least 1")
     if cfg.threads < 1:

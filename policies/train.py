@@ -132,7 +132,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     module doc says, with progress bars (`progress=False`: none); bad input raises PixioError
     before anything is written. The run folder is `result.out`, the policy to evaluate
     `result.best`."""
-    cfg = command_config(TrainPolicyConfig, cfg, options)
+    cfg = command_config("train-policy", TrainPolicyConfig, cfg, options)
     started = time.perf_counter()
     out = Path(cfg.out)
     head = cfg.head if cfg.head is not None else "cortexbench"

@@ -32,12 +32,15 @@ class StudentConfig:
 @dataclass
 class DistillConfig:
     teacher: str = field(default="???", metadata={"help": "teacher encoder: .pth, .safetensors, HF folder"})
-    student: StudentConfig = field(default_factory=StudentConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3))
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    run: RunConfig = field(default_factory=lambda: RunConfig(dir="outputs/distill"))
-    batch_size: int = field(default=4096, metadata={"help": "images per optimizer step, all ranks together"})
+    # defaults: preset vitn16_128 (a ViT-N/16 student at 128 px on CPU-sized budgets)
+    student: StudentConfig = field(
+        default_factory=lambda: StudentConfig(encoder="vitn16", image_size=128, mask_grid=2, mask_ratio=0.5)
+    )
+    data: DataConfig = field(default_factory=lambda: DataConfig(num_workers=1))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, lr=1e-3))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(steps=2000, warmup_steps=100))
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="outputs/distill/vitn16_128", checkpoint_every=250))
+    batch_size: int = field(default=64, metadata={"help": "images per optimizer step, all ranks together"})
     accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
 
     def check(self) -> None:

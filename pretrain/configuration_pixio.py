@@ -128,14 +128,21 @@ class RunConfig:
             raise PixioError(f"run.dtype={self.dtype!r}: training runs in bfloat16 (autocast) or float32")
 
 
+# The command's defaults are the CPU-sized Pixio (preset vitn16_128, the bundled sim_vitn16's
+# recipe): ViT-N/16 at 128 px, 2x2-patch cells, a 128-d x 8-block decoder, 2000 steps of 64
+# images. The parts' own defaults (ModelConfig() ...) stay the official Pixio recipe's.
 @dataclass
 class PretrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    batch_size: int = field(default=4096, metadata={"help": "images per optimizer step, all ranks together"})
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            encoder="vitn16", image_size=128, decoder_dim=128, decoder_depth=8, decoder_heads=4, mask_grid=2
+        )
+    )
+    data: DataConfig = field(default_factory=lambda: DataConfig(num_workers=1))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=2e-3))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(steps=2000, warmup_steps=100))
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="outputs/pretrain/vitn16_128", checkpoint_every=250))
+    batch_size: int = field(default=64, metadata={"help": "images per optimizer step, all ranks together"})
     accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
 
     def check(self) -> None:

@@ -14,8 +14,8 @@ from test_pretrain_data import _keep_threads, make_images, run_args  # noqa: F40
 
 from pixio_robot import load_encoder, save_encoder
 from pixio_robot.cli import main
-from pixio_robot.viz import rrd_entities
 from pixio_robot.harness import list_checkpoints, load_checkpoint
+from pixio_robot.viz import rrd_entities
 from pretrain.checkpointing import load_trained
 from pretrain.modeling_pixio import PixioPretrainModel
 
@@ -109,7 +109,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
     run = tmp_path / "run"
     assert main(run_args(images, run, 8, "batch_size=4", "run.checkpoint_every=2")) == 2
     err = capsys.readouterr().err
-    assert "loss exploded at step 5 (loss nan" in err and "step-00000004.pt (step 4) is kept" in err and err.count("\n") == 1
+    assert (
+        "loss exploded at step 5 (loss nan" in err
+        and "step-00000004.pt (step 4) is kept" in err
+        and err.count("\n") == 1
+    )
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
     assert load_checkpoint(run)["step"] == 4 and not (run / "encoder.safetensors").exists()
 
