@@ -21,6 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from timm.layers import resample_abs_pos_embed
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -155,19 +156,17 @@ class PixioViT(VisionTransformer):
         return height // p, width // p
 
     def resampled_pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """Positional embedding for an h x w patch grid, class-token rows first.
-
-        Bicubic without antialiasing, like the official code: timm's antialiased resampling
-        changes the final tokens of the released models by about 0.02."""
-        gh, gw = self.patch_embed.grid_size
-        if (h, w) == (gh, gw):
-            return self.pos_embed
-        n = self.num_prefix_tokens
-        prefix, grid = self.pos_embed[:, :n], self.pos_embed[:, n:]
-        grid = grid.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False)
-        grid = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
-        return torch.cat([prefix, grid], dim=1)
+        """Positional embedding for an h x w patch grid, class-token rows first: timm's
+        resampling, bicubic without antialiasing like the official code (antialiasing changes
+        the final tokens of the released models by about 0.02)."""
+        return resample_abs_pos_embed(
+            self.pos_embed,
+            (h, w),
+            old_size=self.patch_embed.grid_size,
+            num_prefix_tokens=self.num_prefix_tokens,
+            interpolation="bicubic",
+            antialias=False,
+        )
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, h, w, D) from the patch embedding (dynamic_img_size gives NHWC).
@@ -176,8 +175,8 @@ class PixioViT(VisionTransformer):
         x = torch.cat([prefix.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1)
         return self.pos_drop(x + self.resampled_pos_embed(h, w))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> tokens (B, n_cls + h*w, D) with positions, before any block."""
+    def check_images(self, x: torch.Tensor) -> tuple[int, int]:
+        """One clear line for what the encoder cannot take; the patch grid (h, w) otherwise."""
         if x.ndim != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
             raise PixioError(
                 f"expected a (B, {self.patch_embed.proj.in_channels}, H, W) image batch, got shape "
@@ -192,7 +191,11 @@ class PixioViT(VisionTransformer):
         # device sync per step, and the trainers' loss guard catches NaN there.
         if not self.training and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
             raise PixioError("the image batch holds NaN or infinite values: check the images and their preprocessing")
-        self.grid_size(x.shape[-2], x.shape[-1])
+        return self.grid_size(x.shape[-2], x.shape[-1])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> tokens (B, n_cls + h*w, D) with positions, before any block."""
+        self.check_images(x)
         x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))
         return self.norm_pre(self.patch_drop(self._pos_embed(x)))
 
@@ -238,23 +241,25 @@ class PixioViT(VisionTransformer):
         only to the requested blocks and token kinds; `raw` also returns them before the norm.
         """
         idx = self.block_indices(blocks)
-        h, w = self.grid_size(x.shape[-2], x.shape[-1])
-        n = self.num_prefix_tokens
-        wanted = set(idx)
+        h, w = self.check_images(x)
+        taps = sorted(set(idx))
+        tokens = self.forward_intermediates(  # timm's: the blocks up to the deepest one asked
+            x.to(self.patch_embed.proj.weight.dtype),
+            taps,
+            return_prefix_tokens=True,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
         found: dict[int, BlockTokens] = {}
-        t = self.embed(x)
-        for i in range(max(idx) + 1):
-            t = run_block(self.blocks[i], t, self.grad_checkpointing)
-            if i not in wanted:
-                continue
+        for i, (grid, prefix) in zip(taps, tokens, strict=True):
             out = BlockTokens(block=i)
             if norm:
-                normed = self.norm(t if patches else t[:, :n])
-                out.cls = normed[:, :n] if cls else None
-                out.patches = normed[:, n:].unflatten(1, (h, w)) if patches else None
+                out.cls = self.norm(prefix) if cls else None
+                out.patches = self.norm(grid).unflatten(1, (h, w)) if patches else None
             if raw:
-                out.cls_raw = t[:, :n] if cls else None
-                out.patches_raw = t[:, n:].unflatten(1, (h, w)) if patches else None
+                out.cls_raw = prefix if cls else None
+                out.patches_raw = grid.unflatten(1, (h, w)) if patches else None
             found[i] = out
         return [found[i] for i in idx]
 
