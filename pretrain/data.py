@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import glob
 import io
-import math
 import os
 import re
 import tarfile
@@ -60,31 +59,22 @@ def sample_rng(*keys: int) -> np.random.Generator:
 
 @dataclass
 class RandomResizedCrop:
-    """torchvision's RandomResizedCrop (same parameter sampling: 10 tries, then a central
-    crop), drawing from a given generator so each sample's crop follows from its identity."""
+    """torchvision's RandomResizedCrop (its own `get_params`: 10 tries, then a central crop),
+    drawing from a seed taken from a given generator, so each sample's crop follows from its
+    identity and not from the process's random state."""
 
     size: int
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def params(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            w = int(round(math.sqrt(target * aspect)))
-            h = int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-        in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
+        from torchvision.transforms import RandomResizedCrop as TorchvisionCrop
+
+        seed = int(rng.integers(0, 2**63 - 1))
+        shape_only = torch.empty(1, 1, 1).expand(1, height, width)  # get_params reads the size alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return TorchvisionCrop.get_params(shape_only, list(self.scale), list(self.ratio))
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
         top, left, h, w = self.params(image.height, image.width, rng)
