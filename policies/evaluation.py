@@ -142,14 +142,37 @@ def evaluate(
 ) -> dict:
     """Run `policy` (a saved policy folder, or "expert") on `seeds` in `spec` (default: the
     policy's environment) and return the result dict (also written to `out`/result.json)."""
-    import envs
-    from envs.dataset import env_metadata
-
     seeds = [int(s) for s in (seeds if seeds is not None else range(TEST_SEED, TEST_SEED + 50))]
     if not seeds:
         raise PixioError("no episodes to run: pass episodes=1 or more")
     if workers < 1:
         raise PixioError(f"workers={workers}: use 1 or more")
+    spec, factory, meta = _prepare(policy, spec, device, threads)
+    label = label or _label(policy)
+    import torch
+
+    threads_before = torch.get_num_threads()  # an in-process worker changes this process's
+    started = time.perf_counter()
+    with _result_folder(out) as folder:
+        writer = _EpisodeWriter(folder, meta, videos, record)
+        try:
+            rows, first = _run(spec, seeds, factory, workers, writer, progress, started)
+        finally:
+            torch.set_num_threads(threads_before)
+            writer.close()
+        seconds = time.perf_counter() - started
+        result = summarise(rows, label, str(policy), spec, workers, seconds, first, writer.files)
+        if folder:
+            write_json(folder / "result.json", result)
+    return result
+
+
+def _prepare(policy, spec, device: str, threads: int | None):
+    """(environment spec, policy factory for the workers, environment metadata), checked
+    here before any worker starts or file is written."""
+    import envs
+    from envs.dataset import env_metadata
+
     expert = str(policy) == "expert"
     if expert:
         if spec is None:
@@ -158,71 +181,78 @@ def evaluate(
     else:
         spec = spec or policy_env_spec(policy)
         factory = functools.partial(make_env_policy, str(policy), device, threads)
-    env = spec.make()  # checks here, before any worker starts or file is written
+    env = spec.make()
     try:
         if not expert:
             from .modeling_pixio import load_policy_config
 
             check_env(load_policy_config(policy), spec, env)
-        meta = env_metadata(spec, env)
+        return spec, factory, env_metadata(spec, env)
     finally:
         env.close()
-    label = label or _label(policy)
 
-    import torch
+
+def _run(spec, seeds: list[int], factory, workers: int, writer, progress: bool, started: float):
+    """The episodes' rows, and the seconds until the first one was in (the workers' start-up)."""
     from tqdm import tqdm
 
-    threads_before = torch.get_num_threads()  # an in-process worker changes this process's
-    started = time.perf_counter()
-    rows, files = [], {"videos": [], "recording": None}
-    first = None  # seconds until the first episode was in: the workers' start-up and one episode
-    keep_images = out is not None and (videos > 0 or record > 0)
-    with _result_folder(out) as folder:
-        recording = _recording(folder / "episodes.rrd") if folder and record > 0 else None
-        rec = recording.__enter__() if recording else None
-        if rec is not None:
+    import envs
+
+    rows, first = [], None
+    episodes = envs.run_episodes(spec, seeds, factory, workers=workers, record=writer.keeps_images)
+    bar = tqdm(total=len(seeds), desc=f"eval {spec.name}", unit="ep", disable=not progress, file=sys.stderr)
+    try:
+        for i, ep in enumerate(episodes):
+            if first is None:  # timed on arrival, before this process writes its video or recording
+                first = time.perf_counter() - started
+            rows.append(
+                {
+                    "seed": ep.seed,
+                    "success": bool(ep.successes.any()),
+                    "length": ep.length,
+                    "return": float(ep.rewards.sum(dtype=np.float64)),
+                    "final_state": None if ep.final_state is None else [float(v) for v in ep.final_state],
+                }
+            )
+            writer.add(i, ep)
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r['success'] for r in rows) / len(rows):.0%}")
+    finally:
+        bar.close()
+        episodes.close()
+    return rows, first
+
+
+class _EpisodeWriter:
+    """MP4s of the first `videos` episodes and a Rerun recording of the first `record`."""
+
+    def __init__(self, folder: Path | None, meta: dict, videos: int, record: int):
+        self.folder, self.meta, self.videos, self.record = folder, meta, videos, record
+        self.keeps_images = folder is not None and (videos > 0 or record > 0)
+        self.files = {"videos": [], "recording": None}
+        self.recording = _recording(folder / "episodes.rrd") if folder and record > 0 else None
+        self.rec = self.recording.__enter__() if self.recording else None
+        self.frame = 0
+        if self.rec is not None:
             from envs.replay import log_static
 
-            log_static(rec, meta)
-        frame = 0
-        episodes = envs.run_episodes(spec, seeds, factory, workers=workers, record=keep_images)
-        bar = tqdm(total=len(seeds), desc=f"eval {spec.name}", unit="ep", disable=not progress, file=sys.stderr)
-        try:
-            for i, ep in enumerate(episodes):
-                if first is None:  # timed on arrival, before this process writes its video or recording
-                    first = time.perf_counter() - started
-                rows.append(
-                    {
-                        "seed": ep.seed,
-                        "success": bool(ep.successes.any()),
-                        "length": ep.length,
-                        "return": float(ep.rewards.sum(dtype=np.float64)),
-                        "final_state": None if ep.final_state is None else [float(v) for v in ep.final_state],
-                    }
-                )
-                if folder and i < videos and ep.images:
-                    name = f"videos/seed_{ep.seed}.mp4"
-                    write_mp4(folder / name, ep.images, meta["fps"])
-                    files["videos"].append(name)
-                if rec is not None and i < record:
-                    from envs.replay import log_episode
+            log_static(self.rec, meta)
 
-                    log_episode(rec, meta, i, ep.images, ep.states, ep.actions, ep.successes, frame)
-                    frame += ep.length
-                bar.update(1)
-                bar.set_postfix(success=f"{sum(r['success'] for r in rows) / len(rows):.0%}")
-        finally:
-            bar.close()
-            episodes.close()
-            torch.set_num_threads(threads_before)
-            if recording is not None:
-                recording.__exit__(None, None, None)
-                files["recording"] = "episodes.rrd"
-        seconds = time.perf_counter() - started
-        result = summarise(rows, label, str(policy), spec, workers, seconds, first, files)
-        if folder:
-            write_json(folder / "result.json", result)
-    return result
+    def add(self, i: int, ep) -> None:
+        if self.folder and i < self.videos and ep.images:
+            name = f"videos/seed_{ep.seed}.mp4"
+            write_mp4(self.folder / name, ep.images, self.meta["fps"])
+            self.files["videos"].append(name)
+        if self.rec is not None and i < self.record:
+            from envs.replay import log_episode
+
+            log_episode(self.rec, self.meta, i, ep.images, ep.states, ep.actions, ep.successes, self.frame)
+            self.frame += ep.length
+
+    def close(self) -> None:
+        if self.recording is not None:
+            self.recording.__exit__(None, None, None)
+            self.files["recording"] = "episodes.rrd"
 
 
 def summarise(
