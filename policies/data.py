@@ -52,23 +52,7 @@ class Demonstrations:
                 f"dataset={root} is an empty folder: record demonstrations into it with pixio-robot collect"
             )
         meta = envs.read_env_metadata(root)
-        recorded = list(meta["cameras"])
-        cameras = [cameras] if isinstance(cameras, str) else list(cameras or recorded[:1])
-        for camera in cameras:
-            if camera not in recorded:
-                have = ", ".join(recorded) if recorded else "none"
-                raise PixioError(
-                    f"dataset={root} has no camera {camera!r} (it has: {have}): pass cameras=[...] of those, "
-                    "or record the dataset with that camera (collect cameras=[...])"
-                )
-        if not cameras or len(set(cameras)) != len(cameras):
-            raise PixioError(f"cameras={cameras}: name one or more different cameras")
-        sizes = {c: (meta["cameras"][c]["height"], meta["cameras"][c]["width"]) for c in cameras}
-        if len(set(sizes.values())) > 1:
-            raise PixioError(
-                f"dataset={root}: cameras {', '.join(cameras)} have different image sizes ({sizes}): a policy "
-                "reads cameras of one size; record them with one image_size"
-            )
+        cameras = _check_cameras(root, meta, cameras)
         if not meta.get("episodes"):
             raise PixioError(f"dataset={root} holds no episodes: record demonstrations with pixio-robot collect")
         current = list(envs.EnvSpec.from_dict(meta["env"]).state_names)
@@ -95,17 +79,7 @@ class Demonstrations:
         start = np.asarray(episodes["dataset_from_index"], np.int64)
         stop = np.asarray(episodes["dataset_to_index"], np.int64)
         lengths = stop - start
-        videos = {}
-        for camera in cameras:
-            key = f"observation.images.{camera}"
-            videos[camera] = [
-                (
-                    root / ds.meta.get_video_file_path(e, key),
-                    float(episodes[f"videos/{key}/from_timestamp"][e]),
-                    float(episodes[f"videos/{key}/to_timestamp"][e]),
-                )
-                for e in range(len(start))
-            ]
+        videos = {camera: _episode_videos(root, ds, f"observation.images.{camera}") for camera in cameras}
         stats = {
             k: {s: np.asarray(v, np.float32) for s, v in d.items()}
             for k, d in ds.meta.stats.items()
@@ -203,3 +177,39 @@ class Demonstrations:
         idx = index[:, None] + torch.arange(chunk)
         pad = idx >= end[:, None]
         return torch.minimum(idx, end[:, None] - 1), pad
+
+
+def _check_cameras(root: Path, meta: dict, cameras: str | list[str] | None) -> list[str]:
+    """The cameras to read (default: the dataset's first), each recorded, all of one size."""
+    recorded = list(meta["cameras"])
+    cameras = [cameras] if isinstance(cameras, str) else list(cameras or recorded[:1])
+    for camera in cameras:
+        if camera not in recorded:
+            have = ", ".join(recorded) if recorded else "none"
+            raise PixioError(
+                f"dataset={root} has no camera {camera!r} (it has: {have}): pass cameras=[...] of those, "
+                "or record the dataset with that camera (collect cameras=[...])"
+            )
+    if not cameras or len(set(cameras)) != len(cameras):
+        raise PixioError(f"cameras={cameras}: name one or more different cameras")
+    sizes = {c: (meta["cameras"][c]["height"], meta["cameras"][c]["width"]) for c in cameras}
+    if len(set(sizes.values())) > 1:
+        raise PixioError(
+            f"dataset={root}: cameras {', '.join(cameras)} have different image sizes ({sizes}): a policy "
+            "reads cameras of one size; record them with one image_size"
+        )
+    return cameras
+
+
+def _episode_videos(root: Path, ds, key: str) -> list[tuple[Path, float, float]]:
+    """Per episode: the video file holding `key` and the episode's span in it (LeRobot v3
+    packs several episodes into one file)."""
+    episodes = ds.meta.episodes
+    return [
+        (
+            root / ds.meta.get_video_file_path(e, key),
+            float(episodes[f"videos/{key}/from_timestamp"][e]),
+            float(episodes[f"videos/{key}/to_timestamp"][e]),
+        )
+        for e in range(len(episodes["dataset_from_index"]))
+    ]
