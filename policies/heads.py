@@ -18,17 +18,22 @@ from .configuration_cortexbench import CortexBenchConfig
 from .configuration_keypoints import KeypointsConfig
 from .configuration_spatial import SpatialConfig
 
-HEAD_CONFIGS: dict[str, type] = {
-    "cortexbench": CortexBenchConfig,
-    "keypoints": KeypointsConfig,
-    "spatial": SpatialConfig,
-    "chunking": ChunkingConfig,
+# The one registry: name -> (config class, "module:class" of the head, imported on demand).
+HEADS: dict[str, tuple[type, str]] = {
+    "cortexbench": (CortexBenchConfig, "policies.modeling_cortexbench:CortexBenchHead"),
+    "keypoints": (KeypointsConfig, "policies.modeling_keypoints:KeypointsHead"),
+    "spatial": (SpatialConfig, "policies.modeling_spatial:SpatialHead"),
+    "chunking": (ChunkingConfig, "policies.modeling_chunking:ChunkingHead"),
 }
-HEAD_MODULES = {
-    "cortexbench": "policies.modeling_cortexbench:CortexBenchHead",
-    "keypoints": "policies.modeling_keypoints:KeypointsHead",
-    "spatial": "policies.modeling_spatial:SpatialHead",
-    "chunking": "policies.modeling_chunking:ChunkingHead",
+HEAD_CONFIGS: dict[str, type] = {name: config for name, (config, _) in HEADS.items()}
+# Options added after FLARE fusion: a head saved before it lacks them too.
+_LATER_OPTIONS = {
+    "fusion",
+    "last_layer_scale",
+    "normalize_actions",
+    "values",
+    "temporal_ensemble_coeff",
+    "n_action_steps",
 }
 HeadConfig = CortexBenchConfig | KeypointsConfig | SpatialConfig | ChunkingConfig
 
@@ -42,11 +47,7 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
         raise PixioError(f"unknown head {name!r}: choose one of {', '.join(HEAD_CONFIGS)}")
     cls = HEAD_CONFIGS[name]
     known = {f.name for f in dataclasses.fields(cls)}
-    if (
-        "fusion" in known
-        and "fusion" not in value
-        and set(value) >= known - {"fusion", "last_layer_scale", "normalize_actions"}
-    ):
+    if "fusion" in known and "fusion" not in value and set(value) >= known - _LATER_OPTIONS:
         # A complete head saved before FLARE fusion existed (every other option present): those
         # heads stacked the frames and must keep doing so to give the actions they were trained for.
         value = {**value, "fusion": "stack", "last_layer_scale": 1.0}
@@ -64,7 +65,7 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
 
 
 def make_head(config: HeadConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int):
-    module, _, cls = HEAD_MODULES[config.name].partition(":")
+    module, _, cls = HEADS[config.name][1].partition(":")
     return getattr(importlib.import_module(module), cls)(config, feature_dim, grid, state_dim, action_dim)
 
 
