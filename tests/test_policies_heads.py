@@ -119,3 +119,13 @@ def test_raw_actions_keep_the_dataset_statistics_out_of_the_actions():
         )
         policy = PixioPolicy(config, dataset_stats=stats)
         assert policy.action_mean.tolist() == [mean] * 3 and policy.state_mean.tolist() == [3.0] * 4
+
+
+def test_a_head_saved_before_flare_fusion_keeps_stacking_its_frames():
+    from policies.heads import head_config
+
+    old = {"name": "cortexbench", "history": 3, "hidden": [256, 256, 256], "use_state": True, "dropout": 0.0}
+    old |= {"chunk_size": 1, "lr": 1e-3, "weight_decay": 0.0}  # every option of its time, no fusion
+    config = head_config(old)
+    assert config.fusion == "stack" and config.last_layer_scale == 1.0
+    assert head_config({"name": "cortexbench"}).fusion == "flare"  # a new, partial config: eai-vc's
