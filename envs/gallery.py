@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from pixio_robot.viz import image_grid, save_png
+from pixio_robot.images import image_grid, save_png
 
 from .experts import make_expert
 from .metaworld_env import CORTEXBENCH_TASKS

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -40,7 +41,7 @@ from torch import nn
 
 from .atomic import TMP_PREFIX, atomic_path
 from .errors import PixioError
-from .viz import ScalarLog, rerun_recording
+from .viz import rerun_recording
 
 FORMAT = "pixio-robot/training-checkpoint"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -230,6 +231,56 @@ class LossGuard:
 
 
 # ---- scalars ----------------------------------------------------------------------------------
+
+
+class ScalarLog:
+    """Scalars per step to `csv_path` (one row per call, flushed) and to a Rerun stream.
+
+    Opening with `resume_step` drops rows logged after that step (they belong to the part of an
+    interrupted run that is about to be redone), so a resumed run's CSV reads as one run.
+    """
+
+    def __init__(self, csv_path: str | os.PathLike, recording=None, resume_step: int | None = None):
+        self.path = Path(csv_path)
+        self.rec = recording
+        self.columns: list[str] | None = None
+        rows: list[dict] = []
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
+            if rows:
+                self.columns = list(rows[0])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            if self.columns:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        self._file = open(self.path, "a", newline="")
+
+    def log(self, step: int, **values: float) -> None:
+        if self.columns is None:
+            self.columns = ["step", *values]
+            csv.DictWriter(self._file, self.columns).writeheader()
+        row = {"step": step} | {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()}
+        csv.DictWriter(self._file, self.columns, extrasaction="ignore").writerow(row)
+        self._file.flush()
+        if self.rec is not None:
+            import rerun as rr
+
+            self.rec.set_time("step", sequence=step)
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.rec.log(f"metrics/{k}", rr.Scalars([float(v)]))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ScalarLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager

@@ -1,26 +1,24 @@
-"""Visualisation helpers shared by every package: Rerun recordings, PNG grids, scalar logs.
+"""Rerun recordings and point-cloud views, shared by every package.
 
 - `rerun_recording(path)`: a Rerun `RecordingStream` that writes `path` (.rrd) atomically;
 - `rrd_entities(path)`: the entity paths a recording holds (what tests check);
-- `image_grid` / `save_png`: side-by-side images with labels, written atomically;
 - `cloud_snapshot`: a PNG still of a coloured point cloud with its cameras;
-- `ScalarLog`: training scalars to a CSV file and, optionally, to a Rerun recording.
+- `ply_to_recording` and `view` (the `pixio-robot view` command).
+
+Image grids and PNGs are in `pixio_robot.images`, training scalars in `pixio_robot.harness`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from .atomic import atomic_path, write_bytes
+from .atomic import atomic_path
 from .deps import open3d
 from .errors import PixioError
 
@@ -52,59 +50,6 @@ def rrd_entities(path: str | os.PathLike) -> set[str]:
     except Exception as e:
         raise PixioError(f"{path}: not a readable Rerun recording ({e})") from e
     return {c.entity_path for c in chunks if not c.entity_path.startswith("/__")}
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float [0, 1] or uint8, (H, W), (H, W, 1) or (H, W, 3) -> uint8 (H, W, 3)."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        a = (np.clip(np.nan_to_num(a.astype(np.float32)), 0, 1) * 255 + 0.5).astype(np.uint8)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return a
-
-
-def colorize(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """A scalar map (depth, error) as a uint8 RGB image with matplotlib's viridis."""
-    from matplotlib import colormaps
-
-    v = np.asarray(values, dtype=np.float32)
-    finite = np.isfinite(v)
-    lo = float(v[finite].min()) if lo is None and finite.any() else (lo or 0.0)
-    hi = float(v[finite].max()) if hi is None and finite.any() else (hi or 1.0)
-    t = np.where(finite, (v - lo) / max(hi - lo, 1e-12), 0.0)
-    return (colormaps["viridis"](np.clip(t, 0, 1))[..., :3] * 255).astype(np.uint8)
-
-
-def image_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | None = None, pad: int = 2) -> np.ndarray:
-    """Rows of equally sized images as one uint8 image; `labels` head the columns."""
-    cells = [[to_uint8(im) for im in row] for row in rows]
-    h, w = cells[0][0].shape[:2]
-    n_cols = max(len(r) for r in cells)
-    top = 14 if labels else 0
-    grid = np.full((top + len(cells) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(cells):
-        for j, im in enumerate(row):
-            if im.shape[:2] != (h, w):
-                im = np.asarray(Image.fromarray(im).resize((w, h), Image.NEAREST))
-            y, x = top + pad + i * (h + pad), pad + j * (w + pad)
-            grid[y : y + h, x : x + w] = im
-    if labels:
-        img = Image.fromarray(grid)
-        draw = ImageDraw.Draw(img)
-        for j, text in enumerate(labels):
-            draw.text((pad + j * (w + pad) + 2, 1), text, fill=(0, 0, 0))
-        grid = np.asarray(img)
-    return grid
-
-
-def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 def cloud_snapshot(
@@ -153,56 +98,6 @@ def cloud_snapshot(
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
-
-
-class ScalarLog:
-    """Scalars per step to `csv_path` (one row per call, flushed) and to a Rerun stream.
-
-    Opening with `resume_step` drops rows logged after that step (they belong to the part of an
-    interrupted run that is about to be redone), so a resumed run's CSV reads as one run.
-    """
-
-    def __init__(self, csv_path: str | os.PathLike, recording=None, resume_step: int | None = None):
-        self.path = Path(csv_path)
-        self.rec = recording
-        self.columns: list[str] | None = None
-        rows: list[dict] = []
-        if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
-            if rows:
-                self.columns = list(rows[0])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            if self.columns:
-                writer = csv.DictWriter(f, self.columns)
-                writer.writeheader()
-                writer.writerows(rows)
-        self._file = open(self.path, "a", newline="")
-
-    def log(self, step: int, **values: float) -> None:
-        if self.columns is None:
-            self.columns = ["step", *values]
-            csv.DictWriter(self._file, self.columns).writeheader()
-        row = {"step": step} | {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()}
-        csv.DictWriter(self._file, self.columns, extrasaction="ignore").writerow(row)
-        self._file.flush()
-        if self.rec is not None:
-            import rerun as rr
-
-            self.rec.set_time("step", sequence=step)
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.rec.log(f"metrics/{k}", rr.Scalars([float(v)]))
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> ScalarLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def ply_to_recording(ply: str | os.PathLike, rrd: str | os.PathLike) -> Path:

@@ -18,8 +18,8 @@ from pixio_robot.checkpoints import save_encoder
 from pixio_robot.devices import pick_device
 from pixio_robot.encoder import IMAGENET_MEAN, IMAGENET_STD
 from pixio_robot.errors import PixioError
-from pixio_robot.images import list_images, read_image
-from pixio_robot.viz import image_grid, rerun_recording, save_png
+from pixio_robot.images import image_grid, list_images, read_image, save_png
+from pixio_robot.viz import rerun_recording
 
 from .checkpointing import load_trained
 from .commands import ExportConfig, ReconstructConfig

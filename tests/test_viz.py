@@ -9,7 +9,9 @@ import pytest
 import rerun as rr
 
 from pixio_robot import PixioError
-from pixio_robot.viz import ScalarLog, image_grid, ply_to_recording, rerun_recording, rrd_entities, save_png
+from pixio_robot.harness import ScalarLog
+from pixio_robot.images import image_grid, save_png
+from pixio_robot.viz import ply_to_recording, rerun_recording, rrd_entities
 
 
 def test_recording_is_written_atomically_and_reads_back(tmp_path):
