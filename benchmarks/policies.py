@@ -61,8 +61,8 @@ def training_rates(dataset: Path, encoder: str, batch: int, rounds: int, cached_
 
     def step(source) -> None:
         index = torch.randint(0, len(demos), (batch,), generator=generator)
-        history = demos.history_indices(index, hc.history)
-        targets, pad = demos.chunk_indices(index, 1)
+        history, _ = demos.windows(index, policy.config.observation_delta_indices)
+        targets, pad = demos.windows(index, policy.config.action_delta_indices)
         loss = policy.loss_from_features(source(history, generator), states[index], actions[targets], pad)
         optimizer.zero_grad()
         loss.backward()

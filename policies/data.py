@@ -5,10 +5,11 @@
 boundaries, the dataset's normalisation statistics (`meta/stats.json`), the environment it was
 recorded in, and - on request - every frame of one of the cameras, decoded once in file order.
 
-A training sample is a frame index `i`: its observation history is frames `i-T+1 .. i` of the
-same episode (repeating the episode's first frame before it starts, as LeRobot's delta
-timestamps do), its target the actions `i .. i+k-1` (positions past the episode's end are
-padding, masked out of the loss).
+A training sample is a frame index `i`; its windows follow the policy config's LeRobot delta
+indices (`Demonstrations.windows`, LeRobot's rule): the observation history is frames
+`i-T+1 .. i` of the same episode (repeating the episode's first frame before it starts), the
+target the actions `i .. i+k-1` (positions past the episode's end are padding, masked out of
+the loss).
 """
 
 from __future__ import annotations
@@ -164,19 +165,15 @@ class Demonstrations:
 
     # ---- sample windows --------------------------------------------------------------------
 
-    def history_indices(self, index: torch.Tensor, history: int) -> torch.Tensor:
-        """(B, T) frame indices of the observation history of frames `index`, oldest first."""
-        start = torch.from_numpy(self.episode_start)[index]
-        steps = torch.arange(1 - history, 1)
-        return torch.maximum(index[:, None] + steps, start[:, None])
-
-    def chunk_indices(self, index: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, k) frame indices of the action targets of frames `index`, and (B, k) True where a
-        target lies past its episode's end (padding: the index is clamped to the last frame)."""
-        end = torch.from_numpy(self.episode_end)[index]
-        idx = index[:, None] + torch.arange(chunk)
-        pad = idx >= end[:, None]
-        return torch.minimum(idx, end[:, None] - 1), pad
+    def windows(self, index: torch.Tensor, deltas: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """LeRobot's delta-index windows of frames `index`, batched: (B, len(deltas)) frame
+        indices clamped to each frame's episode, and True where a position falls outside it
+        (padding). The same rule as `LeRobotDataset`'s query indices; `deltas` come from the
+        policy config's `observation_delta_indices` / `action_delta_indices`."""
+        start = torch.from_numpy(self.episode_start)[index][:, None]
+        end = torch.from_numpy(self.episode_end)[index][:, None]
+        idx = index[:, None] + torch.as_tensor(deltas)
+        return torch.clamp(idx, start, end - 1), (idx < start) | (idx >= end)
 
 
 def _check_cameras(root: Path, meta: dict, cameras: str | list[str] | None) -> list[str]:

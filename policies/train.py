@@ -228,8 +228,8 @@ class _Epochs:
         index = self._order[1][i * bs : (i + 1) * bs]
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * step + 1)  # shifts
         torch.manual_seed(self.cfg.seed * 1_000_033 + step)  # dropout
-        history = self.demos.history_indices(index, self.hc.history)
-        targets, pad = self.demos.chunk_indices(index, self.hc.chunk_size)
+        history, _ = self.demos.windows(index, self.policy.config.observation_delta_indices)
+        targets, pad = self.demos.windows(index, self.policy.config.action_delta_indices)
         features = {k: v.to(self.device) for k, v in self.source(history, generator).items()}
         loss = self.policy.loss_from_features(
             features, self.states[index].to(self.device), self.actions[targets].to(self.device), pad.to(self.device)
