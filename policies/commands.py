@@ -54,6 +54,12 @@ class TrainPolicyConfig:
     eval_every: int = field(default=0, metadata={"help": "evaluate in simulation every this many epochs (0: never)"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation during training"})
     eval_workers: int = field(default=1, metadata={"help": "environment processes for those evaluations"})
+    test_episodes: int = field(
+        default=0,
+        metadata={
+            "help": "at the end, eval-policy of the best checkpoint on this many held-out episodes (into out/eval)"
+        },
+    )
     save_every: int = field(default=10, metadata={"help": "save the last checkpoint every this many epochs"})
     out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv, training.rrd)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in out= from its last checkpoint"})

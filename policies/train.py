@@ -48,7 +48,7 @@ from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_group
 
 from .backbones import load_backbone, weights_sha256
 from .cache import CacheKey, FeatureCache, ensure_cache
-from .commands import VALIDATION_SEED, TrainPolicyConfig, command_config
+from .commands import TEST_SEED, VALIDATION_SEED, TrainPolicyConfig, command_config
 from .configuration_cortexbench import CortexBenchConfig
 from .configuration_pixio import PixioConfig
 from .data import Demonstrations
@@ -57,7 +57,7 @@ from .modeling_pixio import PixioPolicy, join_views, save_policy
 
 # Options that may change when a run is resumed; every other one must match.
 # `out` may change: a run folder that was moved or copied resumes where it now is.
-RESUMABLE = {"epochs", "resume", "progress", "eval_workers", "device", "save_every", "threads", "out"}
+RESUMABLE = {"epochs", "resume", "progress", "eval_workers", "test_episodes", "device", "save_every", "threads", "out"}
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainResult:
     best_success: float | None
     caches: list[FeatureCache]  # one per camera (none with cache=off)
     seconds: float
+    test: dict | None = None  # held-out success with test_episodes=N (also in summary.json)
 
 
 # ---- where features come from ---------------------------------------------------------------
@@ -183,7 +184,20 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
         run.run(start, log=log)
     if cfg.eval_every == 0 or not steps.best_dir.exists():
         _copy_checkpoint(steps.last_dir, steps.best_dir)
-    return _summarise(cfg, out, steps, caches, policy.config, time.perf_counter() - started)
+    result = _summarise(cfg, out, steps, caches, policy.config, time.perf_counter() - started)
+    if cfg.test_episodes:  # a whole table cell in one command (and one -m sweep for a table)
+        from .evaluation import evaluate
+
+        seeds = range(TEST_SEED, TEST_SEED + cfg.test_episodes)
+        test = evaluate(
+            steps.best_dir, demos.spec, seeds, workers=cfg.eval_workers, out=out / "eval", progress=cfg.progress
+        )
+        result.test = {k: test[k] for k in ("success_rate", "ci95", "episodes")} | {
+            "result": str(out / "eval/result.json")
+        }
+        summary = json.loads((out / "summary.json").read_text())
+        write_json(out / "summary.json", summary | {"test": result.test})
+    return result
 
 
 def _feature_source(cfg: TrainPolicyConfig, demos, backbone, spec, policy, inputs_needed):
@@ -385,6 +399,8 @@ def _check_options(cfg: TrainPolicyConfig) -> None:
     for name in ("epochs", "batch_size", "eval_episodes", "eval_workers"):
         if getattr(cfg, name) < 1:
             raise PixioError(f"{name}={getattr(cfg, name)}: use 1 or more")
+    if cfg.test_episodes < 0:
+        raise PixioError(f"test_episodes={cfg.test_episodes}: use 0 (no test) or a number of episodes")
     if cfg.batch_size < 2:
         raise PixioError(f"batch_size={cfg.batch_size}: BatchNorm needs at least 2")
     if cfg.eval_every < 0:
@@ -423,4 +439,10 @@ def run(cfg: TrainPolicyConfig) -> int:
         f"{result.out}: {result.epochs} epochs in {result.seconds:.0f}s, loss {losses[0]:.4f} -> {losses[-1]:.4f}"
         f"{best}; policy: {result.best} (evaluate: pixio-robot eval-policy policy={result.best} out=...)"
     )
+    if result.test:
+        low, high = result.test["ci95"]
+        print(
+            f"held-out test: {result.test['success_rate']:.0%} success on {result.test['episodes']} episodes "
+            f"(95% CI {low:.0%}-{high:.0%}); {result.test['result']}"
+        )
     return 0

@@ -60,8 +60,10 @@ def actions(policy, seq: list[dict]) -> torch.Tensor:
 
 def test_cortexbench_head_loss_falls_and_run_folder_is_complete(dataset, tmp_path):
     out = tmp_path / "run"
-    assert main(train_args(dataset, out, "epochs=12", "batch_size=32", "seed=1")) == 0
+    assert main(train_args(dataset, out, "epochs=12", "batch_size=32", "seed=1", "test_episodes=2")) == 0
     s = summary(out)
+    # test_episodes: the best checkpoint evaluated on held-out seeds, a table cell in one command
+    assert s["test"]["episodes"] == 2 and json.loads((out / "eval/result.json").read_text())["episodes"] == 2
     assert s["epochs"] == 12 and s["cache"][0]["path"].startswith(str(dataset / "features"))
     assert s["final_loss"] < 0.5 * s["first_loss"], (s["first_loss"], s["final_loss"])
     with open(out / "metrics.csv") as f:
