@@ -7,8 +7,9 @@ tokens = encoder(x)                                         # (B, 8 + h*w, D), f
 embedding = encoder.global_embedding(x)                     # (B, D), mean of class tokens
 """
 
-import importlib
 import os
+
+from .lazy import lazy_exports
 
 # Headless rendering: MuJoCo reads MUJOCO_GL when it is first imported, so this must come
 # before anything imports mujoco. Users who set it themselves keep their choice.
@@ -26,10 +27,4 @@ _EXPORTS = {
     "PixioError": "errors",
     "Preprocess": "preprocess",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'pixio_robot' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ Commands: `pixio-robot train-policy`, `eval-policy`, `compare`. The policy is a 
 `PreTrainedPolicy` (type "pixio"): `PixioPolicy.from_pretrained(folder)` loads a checkpoint.
 """
 
-import importlib
+from pixio_robot.lazy import lazy_exports
 
 # Heavier parts (torch, LeRobot) load on first use, so `import policies` stays cheap.
 _LAZY = {
@@ -39,10 +39,4 @@ _LAZY = {
     "EnvPolicy": "evaluation",
     "wilson_interval": "evaluation",
 }
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'policies' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

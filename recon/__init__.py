@@ -8,7 +8,7 @@
 Commands: `pixio-robot train-recon`, `eval-recon`, `recon` (see the README).
 """
 
-import importlib
+from pixio_robot.lazy import lazy_exports
 
 # Public names load on first use, so `import recon` stays cheap for the CLI.
 _LAZY = {
@@ -28,10 +28,4 @@ _LAZY = {
     "evaluate": "evaluate",
     "evaluate_checkpoint": "evaluate",
 }
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'recon' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)
