@@ -109,11 +109,7 @@ def evaluate_checkpoint(
     if not views or min(views) < 1:
         raise PixioError(f"views={list(views)}: give numbers of views per set, e.g. views=[2,4]")
     with torch_threads(threads):
-        rec = (
-            checkpoint
-            if isinstance(checkpoint, Reconstructor)
-            else Reconstructor.from_checkpoint(checkpoint, encoder, device, cache_dir)
-        )
+        rec = Reconstructor.from_checkpoint(checkpoint, encoder, device, cache_dir)
         loaded = load_scenes(data, rec.image_size, geometry=True, limit=scenes, progress=progress)
         results = evaluate(
             rec, loaded, list(views), sets_per_scene, seed, intrinsics, fscore_threshold, max_points, progress

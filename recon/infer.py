@@ -165,7 +165,10 @@ class Reconstructor:
         cache_dir: str | os.PathLike | None = None,
     ) -> Reconstructor:
         """The head in `checkpoint` (a run's model.safetensors) on the encoder it records (or
-        `encoder`); `cache_dir` caches the tokens of scenes (evaluation), none for plain images."""
+        `encoder`); `cache_dir` caches the tokens of scenes (evaluation), none for plain images.
+        A `Reconstructor` given as `checkpoint` is returned as it is."""
+        if isinstance(checkpoint, Reconstructor):
+            return checkpoint
         if is_bundled(checkpoint) and not os.path.exists(checkpoint):
             checkpoint = bundled_path(checkpoint)  # e.g. recon_sim_vitn16, SHA-256 checked
         model, meta = ReconModel.load(checkpoint)
@@ -290,12 +293,7 @@ def reconstruct_to_files(
     if K is not None and np.ndim(K) == 3 and len(K) > len(images):
         K = np.asarray(K)[: len(images)]  # the first `views` of a scene's cameras
     with torch_threads(threads):
-        rec = (
-            checkpoint
-            if isinstance(checkpoint, Reconstructor)
-            else Reconstructor.from_checkpoint(checkpoint, encoder, device)
-        )
-        result = rec(images, K)
+        result = Reconstructor.from_checkpoint(checkpoint, encoder, device)(images, K)
     options = {"conf_percentile": conf_percentile, "voxel": voxel, "outliers": outliers}
     n = result.save_ply(ply, **options)
     if rrd:
