@@ -64,6 +64,13 @@ def robust(diff: torch.Tensor, alpha: float = 0.5, c: float = 0.05) -> torch.Ten
     return a / alpha * ((x2 / a + 1) ** (alpha / 2) - 1)
 
 
+def silog_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:
+    """Scale-invariant log loss of monocular depth (docs/DESIGN.md section 7), over the valid
+    pixels: sqrt(mean g^2 - lambd (mean g)^2), g = log target - log pred."""
+    g = torch.log(target[valid]) - torch.log(pred[valid])
+    return torch.sqrt((g**2).mean() - lambd * g.mean() ** 2)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 

@@ -19,6 +19,10 @@ left out of the averages, as in MapAnything (its views are not skipped one by on
 
 Sets are averaged per number of views (`average`). Chamfer distance and F-score compare fused
 clouds in metres.
+
+Monocular depth (docs/DESIGN.md section 7) is scored as the official `eval_depth` does, over
+the valid pixels of one or many maps together (`depth_metrics`): d1, d2, d3, abs_rel, sq_rel,
+rmse, rmse_log, log10 and silog.
 """
 
 from __future__ import annotations
@@ -41,6 +45,36 @@ LABELS = {
     "chamfer": "Chamfer (m)",
     "fscore": "F-score@1cm",
 }
+
+
+DEPTH_METRICS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+    """The official monocular-depth metrics of predicted against true depth (metres) over the
+    valid pixels (default: gt > 0): with t = max(d / d_hat, d_hat / d), d1..d3 = fraction with
+    t < 1.25^k; abs_rel = mean |d_hat - d| / d; sq_rel = mean (d_hat - d)^2 / d; rmse; rmse_log =
+    rms of g = log d_hat - log d; log10 = mean |log10 d_hat - log10 d|; silog = sqrt(mean g^2 -
+    0.5 (mean g)^2). No valid pixel: NaN everywhere."""
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    valid = (gt > 0) if valid is None else np.asarray(valid, bool) & (gt > 0)
+    valid &= np.isfinite(gt) & np.isfinite(pred) & (pred > 0)
+    if not valid.any():
+        return dict.fromkeys(DEPTH_METRICS, math.nan)
+    p, d = pred[valid], gt[valid]
+    t = np.maximum(d / p, p / d)
+    g = np.log(p) - np.log(d)
+    return {
+        "d1": float((t < 1.25).mean()),
+        "d2": float((t < 1.25**2).mean()),
+        "d3": float((t < 1.25**3).mean()),
+        "abs_rel": float((np.abs(p - d) / d).mean()),
+        "sq_rel": float(((p - d) ** 2 / d).mean()),
+        "rmse": float(np.sqrt(((p - d) ** 2).mean())),
+        "rmse_log": float(np.sqrt((g**2).mean())),
+        "log10": float(np.abs(np.log10(p) - np.log10(d)).mean()),
+        "silog": float(np.sqrt((g**2).mean() - 0.5 * g.mean() ** 2)),
+    }
 
 
 # ---- dense maps -----------------------------------------------------------------------------

@@ -173,3 +173,39 @@ def test_average_skips_undefined_values_and_table_prints():
     assert avg["scale_rel"] == pytest.approx(0.2) and avg["pose_auc5"] == 50.0
     table = format_table({"2 views": avg})
     assert "Scale rel" in table and "| 2 views | 0.200 | 50.0 |" in table
+
+
+def test_monocular_depth_metrics_by_hand():
+    """Two valid pixels (gt 1 and 2 m, predicted 1.25 and 1.5 m), one invalid (gt 0)."""
+    from recon.metrics import DEPTH_METRICS, depth_metrics
+
+    m = depth_metrics(np.array([1.25, 1.5, 9.0]), np.array([1.0, 2.0, 0.0]))
+    g = np.log([1.25, 0.75])  # log d_hat - log d
+    expected = {
+        "d1": 0.0,  # ratios 1.25 (exactly: not below 1.25) and 4/3
+        "d2": 1.0,
+        "d3": 1.0,
+        "abs_rel": (0.25 / 1 + 0.5 / 2) / 2,
+        "sq_rel": (0.25**2 / 1 + 0.5**2 / 2) / 2,
+        "rmse": math.sqrt((0.25**2 + 0.5**2) / 2),
+        "rmse_log": math.sqrt((g**2).mean()),
+        "log10": (abs(math.log10(1.25)) + abs(math.log10(0.75))) / 2,
+        "silog": math.sqrt((g**2).mean() - 0.5 * g.mean() ** 2),
+    }
+    assert set(m) == set(DEPTH_METRICS)
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v, rel=1e-12), k
+    assert math.isnan(depth_metrics(np.ones(3), np.zeros(3))["d1"])  # no valid pixel
+
+
+def test_silog_loss_equals_its_direct_computation():
+    import torch
+
+    from recon.losses import silog_loss
+
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 8, 8) + 0.1, torch.rand(2, 8, 8) + 0.1
+    valid = torch.rand(2, 8, 8) > 0.3
+    g = [math.log(t) - math.log(p) for p, t, v in zip(pred.flatten(), target.flatten(), valid.flatten()) if v]
+    mean, mean_sq = sum(g) / len(g), sum(x * x for x in g) / len(g)
+    assert silog_loss(pred, target, valid).item() == pytest.approx(math.sqrt(mean_sq - 0.5 * mean**2), rel=1e-5)
