@@ -206,6 +206,7 @@ def test_silog_loss_equals_its_direct_computation():
     torch.manual_seed(0)
     pred, target = torch.rand(2, 8, 8) + 0.1, torch.rand(2, 8, 8) + 0.1
     valid = torch.rand(2, 8, 8) > 0.3
-    g = [math.log(t) - math.log(p) for p, t, v in zip(pred.flatten(), target.flatten(), valid.flatten()) if v]
+    triples = zip(pred.flatten().tolist(), target.flatten().tolist(), valid.flatten().tolist(), strict=True)
+    g = [math.log(t) - math.log(p) for p, t, v in triples if v]
     mean, mean_sq = sum(g) / len(g), sum(x * x for x in g) / len(g)
     assert silog_loss(pred, target, valid).item() == pytest.approx(math.sqrt(mean_sq - 0.5 * mean**2), rel=1e-5)
