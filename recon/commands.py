@@ -1,4 +1,5 @@
-"""The recon package's subcommands: `train-recon`, `eval-recon`, `recon` (options, where each runs).
+"""The recon package's subcommands: `train-recon`, `eval-recon`, `recon`, and monocular depth's
+`train-depth`, `eval-depth` (options, where each runs).
 
 Kept free of torch so `pixio-robot --help` and option errors answer at once.
 """
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 from pixio_robot.cli import Command
 
+from .configuration_depth import DepthHeadConfig
 from .configuration_recon import ReconConfig
 
 
@@ -85,6 +87,43 @@ class ReconCommandConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace existing output files"})
 
 
+@dataclass
+class TrainDepthConfig:
+    data: list[str] = field(default_factory=list, metadata={"help": "capture folders / folders of scene folders"})
+    out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv, model.safetensors)"})
+    encoder: str = field(default="???", metadata={"help": "frozen encoder: checkpoint file or size name (random)"})
+    encoder_init: str = field(default="pretrained", metadata={"help": "pretrained, or random: same architecture"})
+    encoder_seed: int = field(default=0, metadata={"help": "seed of a random encoder"})
+    image_size: int = field(default=128, metadata={"help": "views are resized to this (multiple of 16)"})
+    scenes: int | None = field(default=None, metadata={"help": "use at most this many training scenes"})
+    batch_size: int = field(default=8, metadata={"help": "views per step"})
+    steps: int = field(default=2000, metadata={"help": "optimiser steps in total (raise it to train on)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW 0.9, 0.999; official: 1e-4)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases, norms)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up, then cosine decay"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the batches"})
+    save_every: int = field(default=250, metadata={"help": "steps between checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "steps between metrics.csv rows"})
+    cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    depth: DepthHeadConfig = field(default_factory=DepthHeadConfig, metadata={"help": "head (dpt or linear)"})
+
+
+@dataclass
+class EvalDepthConfig:
+    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-depth run"})
+    data: list[str] = field(default_factory=list, metadata={"help": "held-out capture / scene folders"})
+    scenes: int | None = field(default=None, metadata={"help": "use at most this many scenes"})
+    out: str | None = field(default=None, metadata={"help": "results JSON (also printed as a table)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing results file"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
 train_recon = Command(
     "train-recon",
     "train a multi-view reconstruction head on frozen Pixio tokens (resumable)",
@@ -103,4 +142,16 @@ recon = Command(
     ReconCommandConfig,
     "recon.infer:run_recon",
     positional="images",
+)
+train_depth = Command(
+    "train-depth",
+    "train a monocular depth head (DPT or linear) on a frozen encoder from RGB-D captures (resumable)",
+    TrainDepthConfig,
+    "recon.depth:run_train",
+)
+eval_depth = Command(
+    "eval-depth",
+    "evaluate a depth head: d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (table + JSON)",
+    EvalDepthConfig,
+    "recon.depth:run_eval",
 )

@@ -36,7 +36,9 @@ def default_cache_dir() -> Path:
 
 
 class TokenCache:
-    """`cache.tokens(scene)` -> (V, h, w, D) float32 patch tokens of a scene's views."""
+    """`cache.tokens(scene)` -> (V, h, w, D) float32 patch tokens of a scene's views; with
+    `taps` (block indices, for depth heads), (V, T, h, w, 2D): each tapped block's normed patch
+    tokens with the mean normed class token beside them (the official depth heads' input)."""
 
     def __init__(
         self,
@@ -47,22 +49,33 @@ class TokenCache:
         batch_size: int = 8,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        taps: list[int] | None = None,
     ):
         self.size = tuple(size)
         self.last_block = len(encoder.blocks) - 1
+        self.taps = None if taps is None else encoder.block_indices(taps)
         self.batch_size = batch_size
-        self.extractor = FeatureExtractor(encoder, self.size, -1, True, batch_size, device, dtype)
+        blocks = -1 if self.taps is None else self.taps
+        self.extractor = FeatureExtractor(encoder, self.size, blocks, True, batch_size, device, dtype)
         dtype_name = str(dtype).removeprefix("torch.")
+        kind = "" if self.taps is None else "-taps" + "-".join(map(str, self.taps))
         self.folder = None
         if encoder_sha256 and root is not None:
-            self.folder = Path(root) / encoder_sha256[:16] / f"{self.size[0]}x{self.size[1]}-{dtype_name}"
+            self.folder = Path(root) / encoder_sha256[:16] / f"{self.size[0]}x{self.size[1]}-{dtype_name}{kind}"
         self.hits = self.misses = 0
 
     def encode(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """Tokens of uint8 (H, W, 3) images, no caching: (V, h, w, D) float32."""
         # The extractor pads every batch to its batch size: no padding work for a few views.
         self.extractor.batch_size = max(1, min(self.batch_size, len(images)))
-        return self.extractor(list(images))[f"patches.block{self.last_block}"]
+        feats = self.extractor(list(images))
+        if self.taps is None:
+            return feats[f"patches.block{self.last_block}"]
+        taps = []
+        for b in self.taps:
+            patches, cls = feats[f"patches.block{b}"], feats[f"cls.block{b}"].mean(1)
+            taps.append(torch.cat([patches, cls[:, None, None].expand_as(patches)], dim=-1))
+        return torch.stack(taps, dim=1)
 
     def tokens(self, scene: SceneData) -> torch.Tensor:
         if self.folder is None:

@@ -342,3 +342,59 @@ def test_the_pose_path_learns_two_scenes_until_it_overfits_them(data, trained):
         optimizer.step()
     assert untrained < 5 and terms["rotation"] < 0.2, (untrained, terms)
     assert auc(model) > 20, auc(model)
+
+
+# ---- monocular depth (train-depth, eval-depth) ------------------------------------------------
+
+
+def depth_args(data, out, *extra):
+    return [
+        "train-depth",
+        f"data=[{data / 'train'}]",
+        "encoder=vitn16",
+        "image_size=64",
+        f"out={out}",
+        f"cache_dir={data / 'cache'}",
+        "warmup_steps=5",
+        "save_every=20",
+        "log_every=5",
+        "threads=1",
+        "progress=false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("head", ["dpt", "linear"])
+def test_a_depth_head_trained_briefly_lowers_its_loss_and_evaluates(data, tmp_path, head, capsys):
+    out = tmp_path / head
+    assert main(depth_args(data, out, "steps=40", f"depth.head={head}")) == 0
+    losses = [float(r["loss"]) for r in csv.DictReader(open(out / "metrics.csv"))]
+    assert losses[-1] < 0.7 * losses[0], losses
+    result = tmp_path / "eval.json"
+    args = ["eval-depth", f"checkpoint={out / 'model.safetensors'}", f"data=[{data / 'test'}]", f"out={result}"]
+    assert main([*args, f"cache_dir={data / 'cache'}", "progress=false"]) == 0
+    metrics = json.loads(result.read_text())
+    assert set(metrics) == {"d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "views"}
+    assert metrics["views"] == 8 and 0 <= metrics["d1"] <= metrics["d2"] <= metrics["d3"] <= 1
+    # an existing result is not overwritten; a folder that is no depth run is refused, untouched
+    capsys.readouterr()
+    assert main([*args, "progress=false"]) == 2 and "overwrite=true" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(depth_args(data, other, "steps=2")) == 2
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_the_depth_taps_are_the_encoders_dense_features(data, trained):
+    """The cached taps are what `PixioViT.dense_features` gives: normed patch tokens with the mean
+    normed class token, at blocks depth//4*(i+1)-1 (the official DPT input)."""
+    import pixio_robot
+
+    encoder = pixio_robot.load_encoder(trained / "encoder.safetensors")
+    scene = load_scenes([data / "test"], 64)[0]
+    taps = TokenCache(encoder, None, (64, 64), taps=encoder.dense_block_indices()).tokens(scene)
+    x = pixio_robot.Preprocess(64)(list(scene.images))
+    with torch.no_grad():
+        expected = torch.stack(encoder.eval().dense_features(x), dim=1)
+    assert taps.shape == expected.shape and torch.allclose(taps, expected, atol=1e-5)

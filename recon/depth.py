@@ -1,0 +1,168 @@
+"""`pixio-robot train-depth` and `eval-depth`: monocular metric depth on a frozen encoder
+(docs/DESIGN.md section 7), trained on RGB-D captures.
+
+    pixio-robot train-depth data=[captures/train] encoder=sim_vitn16 out=runs/depth
+    pixio-robot eval-depth checkpoint=runs/depth/model.safetensors data=[captures/test]
+
+Depth lives in `recon/` because it is the single-view case of the same problem: it reads the
+same capture folders (`data.load_scenes`), caches the encoder's taps with the same token cache
+and will share the point-cloud and Rerun writers. The loop, checkpoints and logs are the core's
+harness; the same command again continues a run. The run folder holds `model.safetensors` (the
+head; its header records the config, the image size and the encoder's path and SHA-256),
+`checkpoints/step-*.pt`, `config.json`, `metrics.csv`, `metrics.rrd` and, for a
+random-initialised encoder, `encoder.safetensors`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixio_robot.atomic import write_json
+from pixio_robot.config import to_dict
+from pixio_robot.devices import pick_device, torch_threads
+from pixio_robot.errors import PixioError
+from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint, scalar_log
+
+from .backbone import prepare_encoder, resolve_encoder
+from .commands import EvalDepthConfig, TrainDepthConfig
+from .data import load_scenes, size_pair
+from .losses import silog_loss
+from .metrics import DEPTH_METRICS, depth_metrics
+from .modeling_depth import DepthHead
+from .tokens import TokenCache, default_cache_dir
+
+MODEL = "model.safetensors"
+# Options a resumed run may change; everything else must match the saved run.
+RESUMABLE = {"steps", "save_every", "log_every", "progress", "device", "threads", "cache_dir", "out", "lr"}
+
+
+def _views(cfg, scenes, encoder, sha: str, size, device, taps: list[int]):
+    """(taps (N, T, h, w, C) of every view, depth z (N, H, W), 0 where unknown)."""
+    from tqdm import tqdm
+
+    cache = TokenCache(encoder, sha, size, cfg.cache_dir or default_cache_dir(), device=device, taps=taps)
+    bar = dict(desc="taps", unit="scene", disable=not cfg.progress, file=sys.stderr)
+    features = torch.cat([cache.tokens(s) for s in tqdm(scenes, **bar)])
+    depth = torch.from_numpy(np.concatenate([s.depth for s in scenes])).float()
+    return features, depth
+
+
+def _taps(encoder, config) -> list[int]:
+    return encoder.dense_block_indices() if config.head == "dpt" else [len(encoder.blocks) - 1]
+
+
+def _loss_mask(depth: torch.Tensor, config) -> torch.Tensor:
+    return (depth >= config.min_depth) & (depth <= config.max_depth)
+
+
+# ---- train-depth ------------------------------------------------------------------------------
+
+
+def run_train(cfg: TrainDepthConfig) -> int:
+    with torch_threads(cfg.threads):
+        return _train(cfg)
+
+
+def _train(cfg: TrainDepthConfig) -> int:
+    size = size_pair(cfg.image_size)
+    if size[0] % 16 or cfg.steps < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
+        raise PixioError("image_size must be a multiple of 16; steps, batch_size and save_every at least 1")
+    cfg.depth.check()
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+        raise PixioError(f"out={out} holds something other than a depth run: choose another out= (nothing changed)")
+    device = pick_device(cfg.device)
+    scenes = load_scenes(cfg.data, size, geometry=True, limit=cfg.scenes, progress=cfg.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder, info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
+    config = to_dict(cfg) | {"encoder_sha256": info["sha256"]}
+    ckpt = resume_checkpoint(out, config, RESUMABLE, "choose another out=") if list_checkpoints(out) else None
+    features, depth = _views(cfg, scenes, encoder, info["sha256"], size, device, _taps(encoder, cfg.depth))
+    if not bool(_loss_mask(depth, cfg.depth).any()):
+        raise PixioError(f"no valid depth in {', '.join(cfg.data)} between depth.min_depth and depth.max_depth")
+    torch.manual_seed(cfg.seed)
+    head = DepthHead(cfg.depth, features.shape[-1]).to(device)
+    meta = {"train_config": to_dict(cfg), "encoder": info, "image_size": list(size), "views": len(depth)}
+    write_json(out / "config.json", meta)
+    gen = torch.Generator()
+
+    def step_fn(step: int) -> tuple[float, dict]:
+        gen.manual_seed(cfg.seed * 1_000_003 + step)  # a resumed run draws the same views
+        idx = torch.randint(0, len(depth), (cfg.batch_size,), generator=gen)
+        target = depth[idx].to(device)
+        valid = _loss_mask(target, cfg.depth)
+        loss = silog_loss(head(features[idx].to(device), size), target.clamp(min=cfg.depth.min_depth), valid)
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.item(), {}
+
+    run = Run(
+        kind="train-depth",
+        run_dir=out,
+        config=config,
+        model=head,
+        optimizer=torch.optim.AdamW(param_groups(head, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999)),
+        schedule=WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.steps),
+        total=cfg.steps,
+        step_fn=step_fn,
+        samples_per_step=cfg.batch_size,
+        log_every=cfg.log_every,
+        save_every=cfg.save_every,
+        advice=f"resume with a lower lr= (e.g. lr={cfg.lr / 3:.2g}) and the same out=",
+        export=lambda step: head.save(out / MODEL, meta | {"step": step}),
+        progress=cfg.progress,
+    )
+    start = run.resume(ckpt) if ckpt is not None else 0
+    if start >= cfg.steps:
+        print(f"{out}: already trained for {start} steps (steps={cfg.steps}): raise steps= to train on")
+        return 0
+    with scalar_log(out, start, "pixio_robot_train_depth") as log:
+        run.run(start, log=log)
+    print(f"{out}: {cfg.steps} steps; head in {out / MODEL} (evaluate: pixio-robot eval-depth checkpoint=...)")
+    return 0
+
+
+# ---- eval-depth -------------------------------------------------------------------------------
+
+
+def evaluate_depth(checkpoint, data, scenes: int | None = None, cache_dir=None, device="auto", progress=False) -> dict:
+    """The official metrics of a depth head on held-out scenes: each metric per view over its
+    valid pixels, then the mean over views (as eval_depth averages per image); plus "views"."""
+    head, meta = DepthHead.load(checkpoint)
+    encoder, sha = resolve_encoder(meta["encoder"], checkpoint)
+    size = size_pair(meta["image_size"])
+    loaded = load_scenes(data, size, geometry=True, limit=scenes, progress=progress)
+    dev = pick_device(device)
+    cache_cfg = TrainDepthConfig(cache_dir=str(cache_dir) if cache_dir else None, progress=progress)
+    features, depth = _views(cache_cfg, loaded, encoder, sha, size, dev, _taps(encoder, head.config))
+    head = head.to(dev)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(depth), 8):
+            pred = head(features[start : start + 8].to(dev), size).cpu().numpy()
+            gt = depth[start : start + 8].numpy()
+            for p, g in zip(pred, gt, strict=True):
+                rows.append(depth_metrics(p, g, _loss_mask(torch.from_numpy(g), head.config).numpy()))
+    values = {k: np.array([r[k] for r in rows]) for k in DEPTH_METRICS}
+    result = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in values.items()}
+    return result | {"views": int(sum(np.isfinite(values["d1"])))}
+
+
+def run_eval(cfg: EvalDepthConfig) -> int:
+    if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
+        raise PixioError(f"{cfg.out} exists: pass overwrite=true to replace it, or choose another out=")
+    with torch_threads(cfg.threads):
+        result = evaluate_depth(cfg.checkpoint, cfg.data, cfg.scenes, cfg.cache_dir, cfg.device, cfg.progress)
+    print("| views | " + " | ".join(DEPTH_METRICS) + " |")
+    print("|---" * (len(DEPTH_METRICS) + 1) + "|")
+    print(f"| {result['views']} | " + " | ".join(f"{result[k]:.4f}" for k in DEPTH_METRICS) + " |")
+    if cfg.out:
+        write_json(
+            Path(cfg.out), {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()}
+        )
+    return 0
