@@ -1,11 +1,11 @@
 """Monocular depth heads on frozen Pixio taps (docs/DESIGN.md section 7).
 
-    taps (B, T, h, w, C)   T = 4 (DPT) or 1 (linear) taps of the encoder, each the normed patch
-                           tokens with the mean normed class token concatenated (C = 2 D)
-    -> linear: one Linear per token, bilinear up to the image
-    -> dpt:    reassemble the taps at 4x, 2x, 1x and 1/2x of the patch grid, fuse them coarse to
-               fine with residual conv units (DPT, Ranftl et al. 2021), up to the image
-    -> sigmoid x max_depth, at least min_depth: depth z in metres (B, H, W)
+taps (B, T, h, w, C)   T = 4 (DPT) or 1 (linear) taps of the encoder, each the normed patch
+                       tokens with the mean normed class token concatenated (C = 2 D)
+-> linear: one Linear per token, bilinear up to the image
+-> dpt:    reassemble the taps at 4x, 2x, 1x and 1/2x of the patch grid, fuse them coarse to
+           fine with residual conv units (DPT, Ranftl et al. 2021), up to the image
+-> sigmoid x max_depth, at least min_depth: depth z in metres (B, H, W)
 """
 
 from __future__ import annotations
