@@ -8,6 +8,7 @@ is refused instead of silently giving other features.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,6 @@ def is_bundled(name: str | os.PathLike) -> bool:
 
 def bundled_path(name: str) -> Path:
     """Path of bundled weights `name`, after checking the file's SHA-256 (once per process)."""
-    from .checkpoints import sha256_file
-
     if name not in BUNDLED:
         raise PixioError(f"{name!r}: no bundled weights of that name: choose one of {', '.join(BUNDLED)}")
     entry = BUNDLED[name]
@@ -64,3 +63,11 @@ def bundled_path(name: str) -> Path:
             )
         _verified[name] = (stat.st_size, stat.st_mtime_ns)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

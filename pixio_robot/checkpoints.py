@@ -18,7 +18,6 @@ Pickled files are only ever read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -30,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
-from .bundled import BUNDLED, bundled_path, is_bundled
+from .bundled import BUNDLED, bundled_path, is_bundled, sha256_file  # noqa: F401 (sha256_file: re-exported)
 from .encoder import PIXIO_SIZES, PixioViT, canonical_size, create_encoder
 from .errors import PixioError
 
@@ -100,14 +99,6 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             "or a transformers model folder"
         )
     return to_official_layout(state, path), config
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def guess_size(embed_dim: int, depth: int | None = None) -> str | None:

@@ -64,7 +64,7 @@ curate = Command(
     "curate",
     "score a dataset's images by reconstruction loss for loss-based curation (data.curation=...)",
     CurateConfig,
-    "pretrain.curation:run_curate",
+    "pretrain.curate:run_curate",
     positional="sources",
 )
 reconstruct = Command(
