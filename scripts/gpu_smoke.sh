@@ -46,7 +46,10 @@ if python3 -c "import mujoco, lerobot" 2>/dev/null; then
   $PR capture env=stack scenes=4 views=2 image_size=64 out="$W/scenes" progress=false
   $PR train-recon "data=[$W/scenes]" encoder=sim_vitn16 steps=5 device=cuda out="$W/recon" progress=false
   $PR recon "$W/scenes/scene_000000/rgb" checkpoint="$W/recon/model.safetensors" device=cuda out="$W/scene.ply"
+  step "train-depth (DPT head) and eval-depth on cuda"
+  $PR train-depth "data=[$W/scenes]" encoder=sim_vitn16 image_size=64 steps=5 device=cuda out="$W/depth" progress=false
+  $PR eval-depth checkpoint="$W/depth/model.safetensors" "data=[$W/scenes]" device=cuda progress=false
 else
-  echo "== skipped: collect, train-policy, eval-policy, capture, train-recon, recon (mujoco/lerobot not installed here)"
+  echo "== skipped: collect, train-policy, eval-policy, capture, train-recon, recon, train-depth, eval-depth (mujoco/lerobot not installed here)"
 fi
 echo "GPU smoke check passed ($W)"
