@@ -378,6 +378,18 @@ class Run:
         self.last_saved = Path(ckpt["path"])
         return int(ckpt["step"])
 
+    def fit(self, ckpt: dict | None, application_id: str, rrd: str = "metrics.rrd") -> int:
+        """Resume from `ckpt` (if any) and train to `total` with the scalar log open; the step
+        reached (a run already at `total` says so and returns at once)."""
+        start = self.resume(ckpt) if ckpt is not None else 0
+        if start >= self.total:
+            print(
+                f"{self.run_dir}: already trained for {start} steps (total {self.total}): raise the steps to train on"
+            )
+            return start
+        with scalar_log(self.run_dir, start, application_id, rrd=rrd) as log:
+            return self.run(start, log=log)
+
     # -- the loop --
 
     def run(self, start: int, stop: int | None = None, log: ScalarLog | None = None) -> int:

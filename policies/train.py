@@ -44,7 +44,7 @@ from pixio_robot.atomic import atomic_dir, write_json
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device
 from pixio_robot.errors import PixioError
-from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint, scalar_log
+from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint
 
 from .backbones import load_backbone, weights_sha256
 from .cache import CacheKey, FeatureCache, ensure_cache
@@ -177,11 +177,9 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
         export=lambda step: save_policy(policy, steps.last_dir),
         progress=cfg.progress,
     )
-    start = run.resume(ckpt) if ckpt is not None else 0
     if ckpt is not None:
         steps.restore(json.loads(ckpt["training"]))
-    with scalar_log(out, start, "pixio_robot_train_policy", rrd="training.rrd") as log:
-        run.run(start, log=log)
+    run.fit(ckpt, "pixio_robot_train_policy", rrd="training.rrd")
     if cfg.eval_every == 0 or not steps.best_dir.exists():
         _copy_checkpoint(steps.last_dir, steps.best_dir)
     result = _summarise(cfg, out, steps, caches, policy.config, time.perf_counter() - started)

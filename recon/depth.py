@@ -26,7 +26,7 @@ from pixio_robot.atomic import write_json
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
-from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint, scalar_log
+from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint
 
 from .backbone import prepare_encoder, resolve_encoder
 from .commands import EvalDepthConfig, TrainDepthConfig
@@ -117,12 +117,7 @@ def _train(cfg: TrainDepthConfig) -> int:
         export=lambda step: head.save(out / MODEL, meta | {"step": step}),
         progress=cfg.progress,
     )
-    start = run.resume(ckpt) if ckpt is not None else 0
-    if start >= cfg.steps:
-        print(f"{out}: already trained for {start} steps (steps={cfg.steps}): raise steps= to train on")
-        return 0
-    with scalar_log(out, start, "pixio_robot_train_depth") as log:
-        run.run(start, log=log)
+    run.fit(ckpt, "pixio_robot_train_depth")
     print(f"{out}: {cfg.steps} steps; head in {out / MODEL} (evaluate: pixio-robot eval-depth checkpoint=...)")
     return 0
 

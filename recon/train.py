@@ -37,7 +37,6 @@ from pixio_robot.harness import (
     list_checkpoints,
     param_groups,
     resume_checkpoint,
-    scalar_log,
 )
 
 from .backbone import prepare_encoder
@@ -128,12 +127,7 @@ def _train(cfg: TrainReconConfig) -> int:
         export=lambda step: model.save(out / MODEL, {**meta, "step": step}),
         progress=cfg.progress,
     )
-    start = run.resume(ckpt) if ckpt is not None else 0
-    if start >= cfg.steps:
-        print(f"{out}: already trained for {start} steps (steps={cfg.steps}): raise steps= to train on")
-        return 0
-    with scalar_log(out, start, "pixio_robot_train_recon") as log:
-        run.run(start, log=log)
+    run.fit(ckpt, "pixio_robot_train_recon")
     print(f"{out}: {cfg.steps} steps; head in {out / MODEL}")
     return 0
 
