@@ -124,6 +124,19 @@ class EvalDepthConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
+@dataclass
+class DepthCommandConfig:
+    images: list[str] = field(default_factory=list, metadata={"help": "image files, or folders of them"})
+    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-depth run"})
+    out: str = field(default="depth", metadata={"help": "output folder: <name>_depth.png (mm), _color.png, .ply, .rrd"})
+    intrinsics: str | None = field(
+        default=None, metadata={"help": "K (3,3) of the images as given (.npy, or .npz with K): adds .ply and .rrd"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace existing output files"})
+
+
 train_recon = Command(
     "train-recon",
     "train a multi-view reconstruction head on frozen Pixio tokens (resumable)",
@@ -154,4 +167,11 @@ eval_depth = Command(
     "evaluate a depth head: d1, d2, d3, abs_rel, sq_rel, rmse, rmse_log, log10, silog (table + JSON)",
     EvalDepthConfig,
     "recon.depth:run_eval",
+)
+depth = Command(
+    "depth",
+    "metric depth of images: 16-bit PNG (mm), colourised PNG, and with intrinsics a .ply and a Rerun recording",
+    DepthCommandConfig,
+    "recon.depth:run_depth",
+    positional="images",
 )

@@ -29,7 +29,7 @@ from pixio_robot.errors import PixioError
 from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint
 
 from .backbone import prepare_encoder, resolve_encoder
-from .commands import EvalDepthConfig, TrainDepthConfig
+from .commands import DepthCommandConfig, EvalDepthConfig, TrainDepthConfig
 from .data import load_scenes, size_pair
 from .losses import silog_loss
 from .metrics import DEPTH_METRICS, depth_metrics
@@ -161,3 +161,87 @@ def run_eval(cfg: EvalDepthConfig) -> int:
             Path(cfg.out), {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()}
         )
     return 0
+
+
+# ---- depth IMAGES -----------------------------------------------------------------------------
+
+
+def predict_depth(checkpoint, images: list[np.ndarray], device="auto") -> tuple[np.ndarray, np.ndarray]:
+    """(images resized to the head's size (N, H, W, 3) uint8, depth z in metres (N, H, W))."""
+    from .data import resize_view
+
+    head, meta = DepthHead.load(checkpoint)
+    encoder, sha = resolve_encoder(meta["encoder"], checkpoint)
+    size = size_pair(meta["image_size"])
+    dev = pick_device(device)
+    cache = TokenCache(encoder, sha, size, None, device=dev, taps=_taps(encoder, head.config))
+    resized = np.stack([resize_view(im, None, None, size)[0] for im in images])
+    with torch.no_grad():
+        depth = torch.cat(
+            [head.to(dev)(cache.encode(resized[i : i + 8]).to(dev), size).cpu() for i in range(0, len(resized), 8)]
+        )
+    return resized, depth.numpy()
+
+
+def run_depth(cfg: DepthCommandConfig) -> int:
+    from pixio_robot.atomic import write_bytes
+    from pixio_robot.images import colorize, list_images, read_image, save_png
+
+    from .infer import _read_intrinsics
+
+    if not cfg.images:
+        raise PixioError("no images given: pixio-robot depth IMAGES... checkpoint=model.safetensors")
+    paths, out = list_images(cfg.images), Path(cfg.out)
+    K = None if cfg.intrinsics is None else _read_intrinsics(cfg.intrinsics)
+    if K is not None and K.shape != (3, 3):
+        raise PixioError(f"intrinsics={cfg.intrinsics}: K has shape {K.shape}, expected (3, 3) for the images")
+    suffixes = ("_depth.png", "_color.png") + ((".ply", ".rrd") if K is not None else ())
+    files = [out / f"{p.stem}{s}" for p in paths for s in suffixes]
+    if not cfg.overwrite and (existing := [f for f in files if f.exists()]):
+        raise PixioError(f"{existing[0]} exists: pass overwrite=true to replace it, or choose another out=")
+    originals = [read_image(p) for p in paths]
+    with torch_threads(cfg.threads):
+        images, depth = predict_depth(cfg.checkpoint, originals, cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(paths):
+        write_bytes(out / f"{p.stem}_depth.png", _png16(np.round(depth[i] * 1000).clip(0, 65535).astype(np.uint16)))
+        save_png(out / f"{p.stem}_color.png", colorize(depth[i]))
+        if K is not None:
+            rec = _single_view(images[i], depth[i], K, originals[i].shape[:2])
+            rec.save_ply(out / f"{p.stem}.ply", conf_percentile=0)
+            rec.save_rrd(out / f"{p.stem}.rrd", conf_percentile=0)
+    print(f"{len(paths)} image(s) -> depth at {images.shape[1]}x{images.shape[2]} in {out}/ ({', '.join(suffixes)})")
+    return 0
+
+
+def _png16(depth_mm: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(depth_mm).save(buf, format="PNG")  # uint16 -> 16-bit greyscale PNG
+    return buf.getvalue()
+
+
+def _single_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, original: tuple[int, int]):
+    """One view as a `Reconstruction` (camera frame = world): points from depth and K scaled to
+    the head's resolution, so the .ply and .rrd writers of `recon` serve depth too."""
+    from .data import resize_view
+    from .geometry import camera_points, rays_from_intrinsics, z_to_depth_along_ray
+    from .infer import Reconstruction
+
+    h, w = depth.shape
+    K = resize_view(np.zeros((*original, 3), np.uint8), None, K, (h, w))[2]
+    rays = rays_from_intrinsics(torch.as_tensor(K), h, w)
+    points = camera_points(rays, z_to_depth_along_ray(torch.as_tensor(depth, dtype=torch.float64), rays))
+    return Reconstruction(
+        images=image[None],
+        points=points.float().numpy()[None],
+        conf=np.ones((1, h, w), np.float32),
+        mask=(depth > 0)[None],
+        depth=depth[None],
+        cam2world=np.eye(4)[None],
+        K=K[None],
+        scale=1.0,
+    )

@@ -398,3 +398,35 @@ def test_the_depth_taps_are_the_encoders_dense_features(data, trained):
     with torch.no_grad():
         expected = torch.stack(encoder.eval().dense_features(x), dim=1)
     assert taps.shape == expected.shape and torch.allclose(taps, expected, atol=1e-5)
+
+
+def test_depth_command_writes_png16_colour_ply_and_recording(data, tmp_path, capsys):
+    from PIL import Image
+
+    from pixio_robot.deps import open3d
+    from recon.depth import predict_depth
+
+    run = tmp_path / "run"
+    assert main(depth_args(data, run, "steps=5", "depth.head=linear")) == 0
+    scene = sorted((data / "test").glob("scene_*"))[0]
+    images = sorted((scene / "rgb").glob("*.png"))[:2]
+    K = tmp_path / "K.npy"
+    np.save(K, np.load(scene / "cameras.npz")["K"][0])
+    out = tmp_path / "depth"
+    args = ["depth", *map(str, images), f"checkpoint={run / 'model.safetensors'}", f"out={out}", "threads=1"]
+    assert main([*args, f"intrinsics={K}"]) == 0
+    _, expected = predict_depth(run / "model.safetensors", [np.asarray(Image.open(images[0]).convert("RGB"))])
+    png = np.asarray(Image.open(out / f"{images[0].stem}_depth.png"))
+    assert png.dtype == np.uint16 and png.shape == (64, 64)
+    assert np.abs(png.astype(np.float64) - expected[0] * 1000).max() <= 0.5 + 1e-6  # millimetres
+    assert np.asarray(Image.open(out / f"{images[0].stem}_color.png")).shape == (64, 64, 3)
+    cloud = open3d().io.read_point_cloud(str(out / f"{images[0].stem}.ply"))
+    assert len(cloud.points) == 64 * 64 and cloud.has_colors()
+    assert {"/world/points", "/world/cameras/view_000/depth"} <= rrd_entities(out / f"{images[0].stem}.rrd")
+    # existing outputs are refused, a K of the wrong shape too; nothing is rewritten
+    before = (out / f"{images[0].stem}_depth.png").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2 and "overwrite=true" in capsys.readouterr().err
+    np.save(K, np.eye(4))
+    assert main([*args, "overwrite=true", f"intrinsics={K}"]) == 2 and "expected (3, 3)" in capsys.readouterr().err
+    assert (out / f"{images[0].stem}_depth.png").read_bytes() == before
