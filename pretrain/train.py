@@ -164,7 +164,7 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
         set_attention(objective.teacher, objective.attention, device, dtype)
     torch.manual_seed(cfg.run.seed + env.rank)  # stochastic depth differs per rank (a resume restores it)
     optimizer = make_optimizer(model, cfg.optim, device)
-    steps = _Steps(cfg, env, objective, model, dtype, json.loads(ckpt["data"]) if ckpt else {})
+    steps = _Steps(cfg, env, objective, model, dtype, micro, json.loads(ckpt["data"]) if ckpt else {})
     run = Run(
         kind=objective.kind,
         run_dir=run_dir,
@@ -293,12 +293,11 @@ class _Steps:
     backward (DDP averages gradients over ranks), the loss averaged over ranks. Keeps where
     each loader worker is in its data, for the checkpoint."""
 
-    def __init__(self, cfg, env, objective: Objective, model: nn.Module, dtype, position: dict):
+    def __init__(self, cfg, env, objective: Objective, model: nn.Module, dtype, micro: int, position: dict):
         self.cfg, self.env, self.objective, self.dtype = cfg, env, objective, dtype
         self.device = env.device
         self.ddp = model
         self.position = position
-        micro = check_batch(cfg.batch_size, cfg.accum_steps, env.world_size)
         self.plan = BatchPlan(
             micro,
             cfg.accum_steps,

@@ -15,32 +15,38 @@ from .configuration_recon import ReconConfig
 
 
 @dataclass
-class TrainReconConfig:
+class HeadTrainingConfig:
+    """Options every head trained on cached frozen-encoder tokens shares (train-recon, train-depth)."""
+
     data: list[str] = field(default_factory=list, metadata={"help": "capture folders / folders of scene folders"})
-    out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv)"})
+    out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv, model.safetensors)"})
     encoder: str = field(default="???", metadata={"help": "frozen encoder: checkpoint file or size name (random)"})
     encoder_init: str = field(default="pretrained", metadata={"help": "pretrained, or random: same architecture"})
     encoder_seed: int = field(default=0, metadata={"help": "seed of a random encoder"})
     image_size: int = field(default=128, metadata={"help": "views are resized to this (multiple of 16)"})
-    val: list[str] = field(default_factory=list, metadata={"help": "held-out scenes: loss logged at each save"})
     scenes: int | None = field(default=None, metadata={"help": "use at most this many training scenes"})
-    min_views: int = field(default=2, metadata={"help": "fewest views per training set"})
-    max_views: int = field(default=4, metadata={"help": "most views per training set"})
-    batch_size: int = field(default=8, metadata={"help": "view sets per step"})
+    batch_size: int = field(default=8, metadata={"help": "samples per step (recon: view sets; depth: views)"})
     steps: int = field(default=2000, metadata={"help": "optimiser steps in total (raise it to train on)"})
-    lr: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, tokens)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up, then cosine decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
-    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the view sets"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the batches"})
     save_every: int = field(default=250, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between metrics.csv rows"})
-    explode_factor: float = field(default=10.0, metadata={"help": "a loss this many times its running mean is bad"})
-    explode_patience: int = field(default=5, metadata={"help": "stop after this many bad steps in a row"})
     cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+@dataclass
+class TrainReconConfig(HeadTrainingConfig):
+    val: list[str] = field(default_factory=list, metadata={"help": "held-out scenes: loss logged at each save"})
+    min_views: int = field(default=2, metadata={"help": "fewest views per training set"})
+    max_views: int = field(default=4, metadata={"help": "most views per training set"})
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, tokens)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
+    explode_factor: float = field(default=10.0, metadata={"help": "a loss this many times its running mean is bad"})
+    explode_patience: int = field(default=5, metadata={"help": "stop after this many bad steps in a row"})
     recon: ReconConfig = field(default_factory=ReconConfig, metadata={"help": "head and loss (configs/recon/)"})
 
 
@@ -88,26 +94,9 @@ class ReconCommandConfig:
 
 
 @dataclass
-class TrainDepthConfig:
-    data: list[str] = field(default_factory=list, metadata={"help": "capture folders / folders of scene folders"})
-    out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv, model.safetensors)"})
-    encoder: str = field(default="???", metadata={"help": "frozen encoder: checkpoint file or size name (random)"})
-    encoder_init: str = field(default="pretrained", metadata={"help": "pretrained, or random: same architecture"})
-    encoder_seed: int = field(default=0, metadata={"help": "seed of a random encoder"})
-    image_size: int = field(default=128, metadata={"help": "views are resized to this (multiple of 16)"})
-    scenes: int | None = field(default=None, metadata={"help": "use at most this many training scenes"})
-    batch_size: int = field(default=8, metadata={"help": "views per step"})
-    steps: int = field(default=2000, metadata={"help": "optimiser steps in total (raise it to train on)"})
+class TrainDepthConfig(HeadTrainingConfig):
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW 0.9, 0.999; official: 1e-4)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases, norms)"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up, then cosine decay"})
-    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the batches"})
-    save_every: int = field(default=250, metadata={"help": "steps between checkpoints"})
-    log_every: int = field(default=10, metadata={"help": "steps between metrics.csv rows"})
-    cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
     depth: DepthHeadConfig = field(default_factory=DepthHeadConfig, metadata={"help": "head (dpt or linear)"})
 
 

@@ -41,12 +41,12 @@ MODEL = "model.safetensors"
 RESUMABLE = {"steps", "save_every", "log_every", "progress", "device", "threads", "cache_dir", "out", "lr"}
 
 
-def _views(cfg, scenes, encoder, sha: str, size, device, taps: list[int]):
+def _views(scenes, encoder, sha: str, size, device, taps: list[int], cache_dir=None, progress=False):
     """(taps (N, T, h, w, C) of every view, depth z (N, H, W), 0 where unknown)."""
     from tqdm import tqdm
 
-    cache = TokenCache(encoder, sha, size, cfg.cache_dir or default_cache_dir(), device=device, taps=taps)
-    bar = dict(desc="taps", unit="scene", disable=not cfg.progress, file=sys.stderr)
+    cache = TokenCache(encoder, sha, size, cache_dir or default_cache_dir(), device=device, taps=taps)
+    bar = dict(desc="taps", unit="scene", disable=not progress, file=sys.stderr)
     features = torch.cat([cache.tokens(s) for s in tqdm(scenes, **bar)])
     depth = torch.from_numpy(np.concatenate([s.depth for s in scenes])).float()
     return features, depth
@@ -82,7 +82,8 @@ def _train(cfg: TrainDepthConfig) -> int:
     encoder, info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
     config = to_dict(cfg) | {"encoder_sha256": info["sha256"]}
     ckpt = resume_checkpoint(out, config, RESUMABLE, "choose another out=") if list_checkpoints(out) else None
-    features, depth = _views(cfg, scenes, encoder, info["sha256"], size, device, _taps(encoder, cfg.depth))
+    taps = _taps(encoder, cfg.depth)
+    features, depth = _views(scenes, encoder, info["sha256"], size, device, taps, cfg.cache_dir, cfg.progress)
     if not bool(_loss_mask(depth, cfg.depth).any()):
         raise PixioError(f"no valid depth in {', '.join(cfg.data)} between depth.min_depth and depth.max_depth")
     torch.manual_seed(cfg.seed)
@@ -133,8 +134,7 @@ def evaluate_depth(checkpoint, data, scenes: int | None = None, cache_dir=None, 
     size = size_pair(meta["image_size"])
     loaded = load_scenes(data, size, geometry=True, limit=scenes, progress=progress)
     dev = pick_device(device)
-    cache_cfg = TrainDepthConfig(cache_dir=str(cache_dir) if cache_dir else None, progress=progress)
-    features, depth = _views(cache_cfg, loaded, encoder, sha, size, dev, _taps(encoder, head.config))
+    features, depth = _views(loaded, encoder, sha, size, dev, _taps(encoder, head.config), cache_dir, progress)
     head = head.to(dev)
     rows = []
     with torch.no_grad():
