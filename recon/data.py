@@ -11,10 +11,13 @@ A scene folder (external data) holds:
       scene.json          optional: {"metric": false} when depths and poses share an unknown
                           scale (no scale loss then), {"depth_scale": 0.001} for PNG depth
 
-`depth/` and `cameras.npz` are needed for training and evaluation, not for `pixio-robot recon`.
-Captures written by `pixio-robot capture` (format `pixio_robot.envs.capture/1`) have exactly
-this layout and are read through `envs.capture`. A dataset root is a capture folder, a
-folder of scene folders, or one scene folder.
+`depth/` and `cameras.npz` are needed for training and evaluation, not for `pixio-robot recon`;
+monocular depth (`train-depth`, `eval-depth`) needs `depth/` only. Captures written by
+`pixio-robot capture` (format `pixio_robot.envs.capture/1`) have exactly this layout and are
+read through `envs.capture`. A dataset root is a capture folder, a folder of scene folders, one
+scene folder, or (depth only) a NYUv2-style list file: `*.txt` with one `rgb depth` pair of
+paths per line, relative to the list's folder, depth a 16-bit PNG in millimetres (the layout
+of the official Pixio NYUv2 splits; 480x640 frames get NYUv2's Eigen crop as there).
 
 Handling of imperfect input: every view is resized to the model resolution (images bicubic,
 depth nearest, intrinsics adjusted exactly, also when aspect ratios differ); depth that is 0,
@@ -39,6 +42,11 @@ from pixio_robot.errors import PixioError
 from pixio_robot.images import IMAGE_SUFFIXES, read_image
 
 MIN_BASELINE = 1e-4  # metres (or scene units) between two camera centres
+MIN_SIDE = 16  # pixels: one patch; a smaller image holds no token's worth of content
+MAX_STRETCH = 2.0  # an image whose aspect ratio differs more than this from the model's is refused
+# NYUv2 frames (480x640) have an invalid border (registration); the official reader (after
+# ZoeDepth) keeps rows 45:471 and columns 41:601, the Eigen crop.
+NYU_SHAPE, EIGEN_CROP = (480, 640), (slice(45, 471), slice(41, 601))
 
 
 @dataclass
@@ -94,15 +102,30 @@ def load_scenes(
     min_views: int = 1,
     limit: int | None = None,
     progress: bool = False,
+    cameras: bool = True,
 ) -> list[SceneData]:
-    """Every scene under `roots`, resized to `size`. `geometry` requires depth and poses."""
+    """Every scene under `roots`, resized to `size`. `geometry` requires depth and, with
+    `cameras`, intrinsics and poses; NYUv2-style list files are read only without `cameras`."""
+    from functools import partial
+
     from tqdm import tqdm
 
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     if not roots:
         raise PixioError("no data given: data=[DIR,...] (capture folders or folders of scene folders)")
-    folders = [f for r in roots for f in find_scenes(r)][:limit]
-    scenes = [read_scene(f, size, geometry) for f in tqdm(folders, desc="scenes", unit="scene", disable=not progress)]
+    readers = []
+    for root in map(Path, roots):
+        if root.suffix == ".txt" and root.is_file():
+            if not geometry or cameras:
+                raise PixioError(
+                    f"{root}: a NYUv2-style list has depth but no cameras: it serves train-depth and eval-depth; "
+                    "give scene folders (rgb/, depth/, cameras.npz) here"
+                )
+            readers += [partial(_read_list_group, root, name, pairs, size) for name, pairs in _list_groups(root)]
+        else:
+            readers += [partial(read_scene, f, size, geometry, cameras) for f in find_scenes(root)]
+    bar = dict(desc="scenes", unit="scene", disable=not progress)
+    scenes = [read() for read in tqdm(readers[:limit], **bar)]
     for s in scenes:
         if s.num_views < min_views:
             raise PixioError(
@@ -112,20 +135,25 @@ def load_scenes(
     return scenes
 
 
-def read_scene(folder: str | os.PathLike, size: int | Sequence[int], geometry: bool = True) -> SceneData:
+def read_scene(
+    folder: str | os.PathLike, size: int | Sequence[int], geometry: bool = True, cameras: bool = True
+) -> SceneData:
     folder = Path(folder)
     meta = _scene_json(folder)
     if meta.get("format", "").startswith("pixio_robot.envs.capture/"):
         images, depth, K, cam2world, files = _read_capture(folder)
     else:
-        images, depth, K, cam2world, files = _read_external(folder, meta, geometry)
+        images, depth, K, cam2world, files = _read_external(folder, meta, geometry, cameras)
     metric = bool(meta.get("metric", True))
+    if geometry and cameras:
+        _check_cameras(folder, images, K, cam2world)
     if geometry:
-        _check_geometry(folder, images, depth, K, cam2world)
+        _check_depth(folder, depth)
     h, w = size_pair(size)
     out_images, out_depth, out_K = [], [], []
     for i, im in enumerate(images):
         k = None if K is None else K[i]
+        check_image_sides(f"{folder}: view {i}", im.shape, (h, w))
         if depth is not None and depth[i].shape != im.shape[:2]:
             raise PixioError(
                 f"{folder}: depth of view {i} is {depth[i].shape[0]}x{depth[i].shape[1]} but its image is "
@@ -148,6 +176,20 @@ def read_scene(folder: str | os.PathLike, size: int | Sequence[int], geometry: b
         metric=metric,
         stamp=stamp,
     )
+
+
+def check_image_sides(name: str, shape: tuple[int, ...], size: tuple[int, int]) -> None:
+    """Refuse an image the model cannot use: a side under one patch, or an aspect ratio that
+    resizing to `size` would stretch more than MAX_STRETCH times."""
+    h, w = shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise PixioError(f"{name} is {h}x{w} pixels: each side needs at least {MIN_SIDE} (a patch): use larger images")
+    stretch = (w / h) / (size[1] / size[0])
+    if not 1 / MAX_STRETCH <= stretch <= MAX_STRETCH:
+        raise PixioError(
+            f"{name} is {h}x{w} pixels but the model sees {size[0]}x{size[1]}: resizing would stretch it "
+            f"{max(stretch, 1 / stretch):.1f}x; crop it to about the model's aspect ratio first"
+        )
 
 
 def resize_view(image, depth, K, size: tuple[int, int]):
@@ -204,7 +246,7 @@ def _read_capture(folder: Path):
     )
 
 
-def _read_external(folder: Path, meta: dict, geometry: bool):
+def _read_external(folder: Path, meta: dict, geometry: bool, cameras: bool = True):
     rgb_dir = folder / "rgb"
     files = sorted(p for p in rgb_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if rgb_dir.is_dir() else []
     if not files:
@@ -235,6 +277,8 @@ def _read_external(folder: Path, meta: dict, geometry: bool):
         if d.ndim != 2:
             raise PixioError(f"{folder}: depth for {f.name} has shape {d.shape}: expected (H, W)")
         depth.append(d.astype(np.float32))
+    if not cameras:
+        return images, depth, None, None, files
     cams = folder / "cameras.npz"
     if not cams.is_file():
         raise PixioError(
@@ -253,7 +297,7 @@ def _read_external(folder: Path, meta: dict, geometry: bool):
     return images, depth, K, cam2world, files
 
 
-def _check_geometry(folder: Path, images, depth, K, cam2world) -> None:
+def _check_cameras(folder: Path, images, K, cam2world) -> None:
     v = len(images)
     if K.shape != (v, 3, 3):
         raise PixioError(f"{folder}: K has shape {K.shape}, expected ({v}, 3, 3) or (3, 3) for {v} images")
@@ -285,5 +329,62 @@ def _check_geometry(folder: Path, images, depth, K, cam2world) -> None:
             f"{folder}: views {i} and {j} have the same camera position (degenerate: no baseline, so "
             "translation directions are undefined): drop one of them"
         )
+
+
+def _check_depth(folder: Path, depth) -> None:
     if not any(np.any(np.isfinite(d) & (d > 0)) for d in depth):
         raise PixioError(f"{folder}: no valid depth in any view (all 0, negative, NaN or inf)")
+
+
+# ---- NYUv2-style lists (monocular depth) -----------------------------------------------------
+
+
+def _list_groups(path: Path) -> list[tuple[str, list[tuple[Path, Path]]]]:
+    """The (rgb, depth) pairs of a list file, grouped by the rgb's folder (a NYUv2 scene) in
+    order of first appearance: each group is one cached scene."""
+    groups: dict[str, list[tuple[Path, Path]]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise PixioError(f"{path}:{n}: expected `rgb_path depth_path`, got {line.strip()!r}")
+        rgb, depth = (path.parent / p for p in parts[:2])
+        for f in (rgb, depth):
+            if not f.is_file():
+                raise PixioError(
+                    f"{path}:{n}: {f} not found: paths are relative to the list's folder "
+                    "(put the list in the dataset root)"
+                )
+        groups.setdefault(str(Path(parts[0]).parent), []).append((rgb, depth))
+    if not groups:
+        raise PixioError(f"{path}: no `rgb_path depth_path` lines")
+    return list(groups.items())
+
+
+def _read_list_group(path: Path, name: str, pairs: list[tuple[Path, Path]], size) -> SceneData:
+    h, w = size_pair(size)
+    images, depths = [], []
+    for rgb, depth_file in pairs:
+        image = read_image(rgb)
+        try:
+            with Image.open(depth_file) as im:
+                depth = np.asarray(im).astype(np.float32) * 0.001  # 16-bit millimetres
+        except OSError as e:
+            raise PixioError(f"{depth_file}: unreadable depth ({e})") from None
+        if depth.shape != image.shape[:2]:
+            raise PixioError(
+                f"{depth_file}: depth is {'x'.join(map(str, depth.shape))} but its image {rgb.name} is "
+                f"{image.shape[0]}x{image.shape[1]}: depth must be a single-channel image of the image's size"
+            )
+        if image.shape[:2] == NYU_SHAPE:
+            image, depth = image[EIGEN_CROP], depth[EIGEN_CROP]
+        check_image_sides(str(rgb), image.shape, (h, w))
+        image, depth, _ = resize_view(np.ascontiguousarray(image), depth, None, (h, w))
+        images.append(image)
+        depths.append(depth)
+    folder = path.parent / name
+    _check_depth(folder, depths)
+    files = [f for pair in pairs for f in pair]
+    stamp = hashlib.sha1(json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode())
+    return SceneData(name, folder, np.stack(images), np.stack(depths), None, None, stamp=stamp.hexdigest())

@@ -31,7 +31,7 @@ from pixio_robot.images import list_images, read_image
 
 from .backbone import resolve_encoder
 from .commands import ReconCommandConfig
-from .data import resize_view, size_pair
+from .data import check_image_sides, resize_view, size_pair
 from .geometry import intrinsics_from_rays
 from .modeling_recon import ReconModel, ReconOutput
 from .tokens import TokenCache
@@ -201,9 +201,11 @@ class Reconstructor:
                 file=sys.stderr,
             )
         arrays = [read_image(im) if isinstance(im, (str, os.PathLike)) else np.asarray(im) for im in images]
-        for a in arrays:
+        for i, a in enumerate(arrays):
             if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
                 raise PixioError(f"images must be uint8 (H, W, 3) RGB, got {a.dtype} {a.shape}")
+            name = str(images[i]) if isinstance(images[i], (str, os.PathLike)) else f"image {i}"
+            check_image_sides(name, a.shape, self.image_size)
         K = None
         if intrinsics is not None:
             K = np.asarray(intrinsics, np.float64)
