@@ -18,7 +18,9 @@ from .configuration_recon import ReconConfig
 class HeadTrainingConfig:
     """Options every head trained on cached frozen-encoder tokens shares (train-recon, train-depth)."""
 
-    data: list[str] = field(default_factory=list, metadata={"help": "capture folders / folders of scene folders"})
+    data: list[str] = field(
+        default_factory=list, metadata={"help": "capture folders / folders of scene folders (depth: or .txt lists)"}
+    )
     out: str = field(default="???", metadata={"help": "run folder (checkpoints, metrics.csv, model.safetensors)"})
     encoder: str = field(default="???", metadata={"help": "frozen encoder: checkpoint file or size name (random)"})
     encoder_init: str = field(default="pretrained", metadata={"help": "pretrained, or random: same architecture"})
@@ -51,25 +53,32 @@ class TrainReconConfig(HeadTrainingConfig):
 
 
 @dataclass
-class EvalReconConfig:
-    checkpoint: str = field(
-        default="???", metadata={"help": "model.safetensors of a train-recon run, or recon_sim_vitn16 (bundled)"}
-    )
+class HeadEvalConfig:
+    """Options every evaluation of a head on held-out scenes shares (eval-recon, eval-depth)."""
+
+    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a training run, or a bundled head"})
     data: list[str] = field(default_factory=list, metadata={"help": "held-out capture / scene folders"})
-    views: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "views per set, one row each"})
-    sets_per_scene: int = field(default=1, metadata={"help": "view sets drawn per scene"})
     scenes: int | None = field(default=None, metadata={"help": "use at most this many scenes"})
-    seed: int = field(default=0, metadata={"help": "seed of the view sets"})
-    intrinsics: bool = field(default=False, metadata={"help": "give the head the true intrinsics"})
-    fscore_threshold: float = field(default=0.01, metadata={"help": "F-score distance threshold (m)"})
-    max_points: int = field(default=20000, metadata={"help": "points per cloud for Chamfer/F-score (sampled)"})
     out: str | None = field(default=None, metadata={"help": "results JSON (also printed as a table)"})
-    encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
     cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing results file"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+@dataclass
+class EvalReconConfig(HeadEvalConfig):
+    checkpoint: str = field(
+        default="???", metadata={"help": "model.safetensors of a train-recon run, or recon_sim_vitn16 (bundled)"}
+    )
+    views: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "views per set, one row each"})
+    sets_per_scene: int = field(default=1, metadata={"help": "view sets drawn per scene"})
+    seed: int = field(default=0, metadata={"help": "seed of the view sets"})
+    intrinsics: bool = field(default=False, metadata={"help": "give the head the true intrinsics"})
+    fscore_threshold: float = field(default=0.01, metadata={"help": "F-score distance threshold (m)"})
+    max_points: int = field(default=20000, metadata={"help": "points per cloud for Chamfer/F-score (sampled)"})
+    encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
 
 
 @dataclass
@@ -95,28 +104,28 @@ class ReconCommandConfig:
 
 @dataclass
 class TrainDepthConfig(HeadTrainingConfig):
+    steps: int = field(default=4000, metadata={"help": "optimiser steps in total (the bundled head's 4000)"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW 0.9, 0.999; official: 1e-4)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases, norms)"})
     depth: DepthHeadConfig = field(default_factory=DepthHeadConfig, metadata={"help": "head (dpt or linear)"})
 
 
 @dataclass
-class EvalDepthConfig:
-    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-depth run"})
-    data: list[str] = field(default_factory=list, metadata={"help": "held-out capture / scene folders"})
-    scenes: int | None = field(default=None, metadata={"help": "use at most this many scenes"})
-    out: str | None = field(default=None, metadata={"help": "results JSON (also printed as a table)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "token cache (default ~/.cache/pixio-robot)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing results file"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+class EvalDepthConfig(HeadEvalConfig):
+    checkpoint: str = field(
+        default="???", metadata={"help": "model.safetensors of a train-depth run, or depth_sim_vitn16 (bundled)"}
+    )
+    data: list[str] = field(
+        default_factory=list, metadata={"help": "held-out capture / scene folders, or NYUv2-style .txt lists"}
+    )
 
 
 @dataclass
 class DepthCommandConfig:
     images: list[str] = field(default_factory=list, metadata={"help": "image files, or folders of them"})
-    checkpoint: str = field(default="???", metadata={"help": "model.safetensors of a train-depth run"})
+    checkpoint: str = field(
+        default="???", metadata={"help": "model.safetensors of a train-depth run, or depth_sim_vitn16 (bundled)"}
+    )
     out: str = field(default="depth", metadata={"help": "output folder: <name>_depth.png (mm), _color.png, .ply, .rrd"})
     intrinsics: str | None = field(
         default=None, metadata={"help": "K (3,3) of the images as given (.npy, or .npz with K): adds .ply and .rrd"}

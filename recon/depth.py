@@ -5,9 +5,10 @@
     pixio-robot eval-depth checkpoint=runs/depth/model.safetensors data=[captures/test]
 
 Depth lives in `recon/` because it is the single-view case of the same problem: it reads the
-same capture folders (`data.load_scenes`), caches the encoder's taps with the same token cache
-and will share the point-cloud and Rerun writers. The loop, checkpoints and logs are the core's
-harness; the same command again continues a run. The run folder holds `model.safetensors` (the
+same capture folders (`data.load_scenes`, which also reads NYUv2-style lists for depth), caches
+the encoder's taps with the same token cache and writes points through the same `.ply` and Rerun
+writers. The loop, checkpoints and logs are the core's harness; the same command again
+continues a run. The run folder holds `model.safetensors` (the
 head; its header records the config, the image size and the encoder's path and SHA-256),
 `checkpoints/step-*.pt`, `config.json`, `metrics.csv`, `metrics.rrd` and, for a
 random-initialised encoder, `encoder.safetensors`.
@@ -16,6 +17,7 @@ random-initialised encoder, `encoder.safetensors`.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,8 +25,10 @@ import numpy as np
 import torch
 
 from pixio_robot.atomic import write_json
+from pixio_robot.bundled import bundled_path, is_bundled
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
+from pixio_robot.encoder import PixioViT
 from pixio_robot.errors import PixioError
 from pixio_robot.harness import Run, WarmupCosine, list_checkpoints, param_groups, resume_checkpoint
 
@@ -52,6 +56,16 @@ def _views(scenes, encoder, sha: str, size, device, taps: list[int], cache_dir=N
     return features, depth
 
 
+def load_depth_model(checkpoint) -> tuple[DepthHead, PixioViT, str, tuple[int, int]]:
+    """(head, its frozen encoder, the encoder's SHA-256, image size) of a train-depth run's
+    model.safetensors or of a bundled head's name (e.g. depth_sim_vitn16, SHA-256 checked)."""
+    if is_bundled(checkpoint) and not os.path.exists(checkpoint):
+        checkpoint = bundled_path(checkpoint)
+    head, meta = DepthHead.load(checkpoint)
+    encoder, sha = resolve_encoder(meta["encoder"], checkpoint)
+    return head, encoder, sha, size_pair(meta["image_size"])
+
+
 def _taps(encoder, config) -> list[int]:
     return encoder.dense_block_indices() if config.head == "dpt" else [len(encoder.blocks) - 1]
 
@@ -77,7 +91,7 @@ def _train(cfg: TrainDepthConfig) -> int:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise PixioError(f"out={out} holds something other than a depth run: choose another out= (nothing changed)")
     device = pick_device(cfg.device)
-    scenes = load_scenes(cfg.data, size, geometry=True, limit=cfg.scenes, progress=cfg.progress)
+    scenes = load_scenes(cfg.data, size, geometry=True, limit=cfg.scenes, progress=cfg.progress, cameras=False)
     out.mkdir(parents=True, exist_ok=True)
     encoder, info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
     config = to_dict(cfg) | {"encoder_sha256": info["sha256"]}
@@ -129,20 +143,20 @@ def _train(cfg: TrainDepthConfig) -> int:
 def evaluate_depth(checkpoint, data, scenes: int | None = None, cache_dir=None, device="auto", progress=False) -> dict:
     """The official metrics of a depth head on held-out scenes: each metric per view over its
     valid pixels, then the mean over views (as eval_depth averages per image); plus "views"."""
-    head, meta = DepthHead.load(checkpoint)
-    encoder, sha = resolve_encoder(meta["encoder"], checkpoint)
-    size = size_pair(meta["image_size"])
-    loaded = load_scenes(data, size, geometry=True, limit=scenes, progress=progress)
+    head, encoder, sha, size = load_depth_model(checkpoint)
+    loaded = load_scenes(data, size, geometry=True, limit=scenes, progress=progress, cameras=False)
     dev = pick_device(device)
     features, depth = _views(loaded, encoder, sha, size, dev, _taps(encoder, head.config), cache_dir, progress)
     head = head.to(dev)
-    rows = []
     with torch.no_grad():
-        for start in range(0, len(depth), 8):
-            pred = head(features[start : start + 8].to(dev), size).cpu().numpy()
-            gt = depth[start : start + 8].numpy()
-            for p, g in zip(pred, gt, strict=True):
-                rows.append(depth_metrics(p, g, _loss_mask(torch.from_numpy(g), head.config).numpy()))
+        pred = torch.cat([head(features[i : i + 8].to(dev), size).cpu() for i in range(0, len(depth), 8)])
+    return score_depth(pred.numpy(), depth.numpy(), head.config)
+
+
+def score_depth(pred: np.ndarray, gt: np.ndarray, config) -> dict:
+    """The official metrics of predictions (N, H, W) against depth (N, H, W), over the pixels with
+    config.min_depth <= d <= config.max_depth: per view, then the mean over views with any."""
+    rows = [depth_metrics(p, g, _loss_mask(torch.from_numpy(g), config).numpy()) for p, g in zip(pred, gt, strict=True)]
     values = {k: np.array([r[k] for r in rows]) for k in DEPTH_METRICS}
     result = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in values.items()}
     return result | {"views": int(sum(np.isfinite(values["d1"])))}
@@ -166,13 +180,15 @@ def run_eval(cfg: EvalDepthConfig) -> int:
 # ---- depth IMAGES -----------------------------------------------------------------------------
 
 
-def predict_depth(checkpoint, images: list[np.ndarray], device="auto") -> tuple[np.ndarray, np.ndarray]:
+def predict_depth(
+    checkpoint, images: list[np.ndarray], device="auto", names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(images resized to the head's size (N, H, W, 3) uint8, depth z in metres (N, H, W))."""
-    from .data import resize_view
+    from .data import check_image_sides, resize_view
 
-    head, meta = DepthHead.load(checkpoint)
-    encoder, sha = resolve_encoder(meta["encoder"], checkpoint)
-    size = size_pair(meta["image_size"])
+    head, encoder, sha, size = load_depth_model(checkpoint)
+    for i, im in enumerate(images):
+        check_image_sides(names[i] if names else f"image {i}", np.shape(im), size)
     dev = pick_device(device)
     cache = TokenCache(encoder, sha, size, None, device=dev, taps=_taps(encoder, head.config))
     resized = np.stack([resize_view(im, None, None, size)[0] for im in images])
@@ -184,9 +200,9 @@ def predict_depth(checkpoint, images: list[np.ndarray], device="auto") -> tuple[
 
 
 def run_depth(cfg: DepthCommandConfig) -> int:
-    from pixio_robot.atomic import write_bytes
     from pixio_robot.images import colorize, list_images, read_image, save_png
 
+    from .data import resize_view
     from .infer import _read_intrinsics
 
     if not cfg.images:
@@ -201,47 +217,54 @@ def run_depth(cfg: DepthCommandConfig) -> int:
         raise PixioError(f"{existing[0]} exists: pass overwrite=true to replace it, or choose another out=")
     originals = [read_image(p) for p in paths]
     with torch_threads(cfg.threads):
-        images, depth = predict_depth(cfg.checkpoint, originals, cfg.device)
+        images, depth = predict_depth(cfg.checkpoint, originals, cfg.device, [str(p) for p in paths])
     out.mkdir(parents=True, exist_ok=True)
     for i, p in enumerate(paths):
-        write_bytes(out / f"{p.stem}_depth.png", _png16(np.round(depth[i] * 1000).clip(0, 65535).astype(np.uint16)))
+        write_depth_png(out / f"{p.stem}_depth.png", depth[i])
         save_png(out / f"{p.stem}_color.png", colorize(depth[i]))
         if K is not None:
-            rec = _single_view(images[i], depth[i], K, originals[i].shape[:2])
+            k = resize_view(originals[i], None, K, images.shape[1:3])[2]  # K at the head's resolution
+            rec = depth_reconstruction(images[i : i + 1], depth[i : i + 1], k[None])
             rec.save_ply(out / f"{p.stem}.ply", conf_percentile=0)
             rec.save_rrd(out / f"{p.stem}.rrd", conf_percentile=0)
     print(f"{len(paths)} image(s) -> depth at {images.shape[1]}x{images.shape[2]} in {out}/ ({', '.join(suffixes)})")
     return 0
 
 
-def _png16(depth_mm: np.ndarray) -> bytes:
+def write_depth_png(path: str | os.PathLike, depth: np.ndarray) -> None:
+    """Depth z in metres as a 16-bit greyscale PNG in millimetres (0 = none), written atomically."""
     import io
 
     from PIL import Image
 
+    from pixio_robot.atomic import write_bytes
+
     buf = io.BytesIO()
-    Image.fromarray(depth_mm).save(buf, format="PNG")  # uint16 -> 16-bit greyscale PNG
-    return buf.getvalue()
+    Image.fromarray(np.round(depth * 1000).clip(0, 65535).astype(np.uint16)).save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
 
 
-def _single_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, original: tuple[int, int]):
-    """One view as a `Reconstruction` (camera frame = world): points from depth and K scaled to
-    the head's resolution, so the .ply and .rrd writers of `recon` serve depth too."""
-    from .data import resize_view
+def depth_reconstruction(images: np.ndarray, depth: np.ndarray, K: np.ndarray, cam2world: np.ndarray | None = None):
+    """Views (V, H, W, 3) with depth z (V, H, W) and intrinsics K (V, 3, 3) at that resolution
+    as a `Reconstruction` placed by `cam2world` (V, 4, 4; identity: each in its camera frame),
+    so that recon's .ply and .rrd writers serve depth too."""
     from .geometry import camera_points, rays_from_intrinsics, z_to_depth_along_ray
     from .infer import Reconstruction
 
-    h, w = depth.shape
-    K = resize_view(np.zeros((*original, 3), np.uint8), None, K, (h, w))[2]
-    rays = rays_from_intrinsics(torch.as_tensor(K), h, w)
-    points = camera_points(rays, z_to_depth_along_ray(torch.as_tensor(depth, dtype=torch.float64), rays))
+    v, h, w = depth.shape
+    cam2world = np.repeat(np.eye(4)[None], v, axis=0) if cam2world is None else np.asarray(cam2world, np.float64)
+    points = []
+    for k, d, pose in zip(K, depth, cam2world, strict=True):
+        rays = rays_from_intrinsics(torch.as_tensor(k, dtype=torch.float64), h, w)
+        local = camera_points(rays, z_to_depth_along_ray(torch.as_tensor(d, dtype=torch.float64), rays)).numpy()
+        points.append(local @ pose[:3, :3].T + pose[:3, 3])
     return Reconstruction(
-        images=image[None],
-        points=points.float().numpy()[None],
-        conf=np.ones((1, h, w), np.float32),
-        mask=(depth > 0)[None],
-        depth=depth[None],
-        cam2world=np.eye(4)[None],
-        K=K[None],
+        images=np.asarray(images),
+        points=np.stack(points).astype(np.float32),
+        conf=np.ones((v, h, w), np.float32),
+        mask=depth > 0,
+        depth=depth,
+        cam2world=cam2world,
+        K=np.asarray(K, np.float64),
         scale=1.0,
     )

@@ -22,6 +22,19 @@ def rng():
 
 
 @pytest.fixture(scope="session")
+def stack_scenes(tmp_path_factory):
+    """Captured `stack` scenes at 64x64, 4 views each: train/ (4 scenes) and test/ (2, seeds from
+    1000), for the recon and depth heads; runs and token caches of both go beside them."""
+    from pixio_robot.cli import main
+
+    root = tmp_path_factory.mktemp("scenes")
+    capture = ["capture", "env=stack", "views=4", "image_size=64", "expert_steps=0", "progress=false"]
+    assert main([*capture, "scenes=4", f"out={root / 'train'}"]) == 0
+    assert main([*capture, "scenes=2", "seed=1000", f"out={root / 'test'}"]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
 def hf_pixio():
     """A small transformers PixioModel with random (non-trivial) weights, the reference."""
     from transformers import PixioConfig, PixioModel
