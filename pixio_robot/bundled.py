@@ -36,6 +36,11 @@ BUNDLED: dict[str, Bundled] = {
         "6d8b672bc424dc9aa460a57900cbfce8dd8e52e59300250a9d03ed8fc752ebcc",
         "reconstruction head (recon/) trained on multi-view captures of envs/ over sim_vitn16",
     ),
+    "depth_sim_vitn16": Bundled(
+        "depth_sim_vitn16.safetensors",
+        "28ee469e8fd790016ea4a03aa20967205ec5fc11492e9d770c0d59575d71aeab",
+        "monocular depth head (DPT, recon/) trained on RGB-D captures of envs/ over sim_vitn16",
+    ),
 }
 
 _verified: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) of the file last verified
