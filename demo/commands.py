@@ -32,6 +32,7 @@ class DemoConfig:
     image_size: int = field(default=128, metadata={"help": "camera images (pixels, square)"})
     encoder: str = field(default="sim_vitn16", metadata={"help": "encoder of the policy (bundled name or file)"})
     recon_head: str = field(default="recon_sim_vitn16", metadata={"help": "reconstruction head (bundled name or file)"})
+    depth_head: str = field(default="depth_sim_vitn16", metadata={"help": "depth head (bundled name or file)"})
     workers: int = field(default=2, metadata={"help": "environment processes (collection, evaluation)"})
     seed: int = field(default=0, metadata={"help": "seed of training and of the reconstructed scene"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -39,7 +40,7 @@ class DemoConfig:
 
 demo = Command(
     "demo",
-    "the whole toolkit on the bundled weights: demos, policy, success rate, 3D reconstruction",
+    "the whole toolkit on the bundled weights: demos, policy, success rate, 3D reconstruction, depth",
     DemoConfig,
     "demo.pipeline:run",
 )

@@ -7,6 +7,8 @@
       evaluation/          result.json, success.png, videos/, episodes.rrd
       scene/               a multi-view RGB-D capture (ground truth for the reconstruction)
       reconstruction/      scene.ply, scene.rrd, metrics.json
+      depth/               monocular depth of each view: view_NNN_depth.png (mm), _color.png,
+                           depth.rrd, depth.ply (the views' depth placed by their cameras), metrics.json
       summary.json
 
 A stage that did not finish (Ctrl-C, an error, a kill) has its folder removed, on the way out
@@ -170,12 +172,38 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
     }
 
 
+def _depth(cfg: DemoConfig, out: Path, done: dict) -> dict:
+    """Each view of the captured scene through the monocular depth head on its own, scored
+    against the rendered depth; the Rerun recording places the views by their true cameras."""
+    from pixio_robot.images import colorize, save_png
+    from recon.data import read_scene
+    from recon.depth import depth_reconstruction, load_depth_model, predict_depth, score_depth, write_depth_png
+
+    folder = out / "depth"
+    folder.mkdir()
+    head, _, _, size = load_depth_model(cfg.depth_head)
+    scene = read_scene(done["scene"]["path"], size)
+    images, depth = predict_depth(cfg.depth_head, list(scene.images), device="cpu")
+    for i, d in enumerate(depth):
+        write_depth_png(folder / f"view_{i:03d}_depth.png", d)
+        save_png(folder / f"view_{i:03d}_color.png", colorize(d))
+    rec = depth_reconstruction(images, depth, scene.K, scene.cam2world)
+    points = rec.save_ply(folder / "depth.ply", conf_percentile=0)
+    rec.save_rrd(folder / "depth.rrd", conf_percentile=0)
+    metrics = score_depth(depth, scene.depth, head.config)
+    write_json(folder / "metrics.json", metrics)
+    return {"recording": str(folder / "depth.rrd"), "ply": str(folder / "depth.ply"), "points": points} | {
+        "metrics": metrics
+    }
+
+
 STAGES = (
     Stage("dataset", "recording scripted demonstrations", _collect),
     Stage("policy", "caching features and training the policy head", _train),
     Stage("evaluation", "evaluating the policy in simulation", _evaluate),
     Stage("scene", "capturing a multi-view RGB-D scene", _capture),
     Stage("reconstruction", "reconstructing the scene in 3D", _reconstruct),
+    Stage("depth", "monocular depth of each view", _depth),
 )
 
 
@@ -307,7 +335,7 @@ def _loss_plot(losses: list[float]) -> bytes:
 
 def _summary(cfg: DemoConfig, out: Path, state: dict, seconds: float) -> dict:
     done = state["done"]
-    ev, rec = done["evaluation"], done["reconstruction"]
+    ev, rec, depth = done["evaluation"], done["reconstruction"], done["depth"]
     return {
         "format": FORMAT,
         "task": cfg.task,
@@ -317,6 +345,7 @@ def _summary(cfg: DemoConfig, out: Path, state: dict, seconds: float) -> dict:
         "episodes": ev["episodes"],
         "mean_length": ev["mean_length"],
         "reconstruction": rec["metrics"],
+        "depth": depth["metrics"],
         "files": {
             "dataset": done["dataset"]["path"],
             "policy": done["policy"]["path"],
@@ -328,6 +357,8 @@ def _summary(cfg: DemoConfig, out: Path, state: dict, seconds: float) -> dict:
             "scene_recording": rec["recording"],
             "point_cloud": rec["ply"],
             "point_cloud_png": rec["snapshot"],
+            "depth_recording": depth["recording"],
+            "depth_point_cloud": depth["ply"],
         },
         "seconds": {name: info["seconds"] for name, info in done.items()},
         "total_seconds": round(sum(info["seconds"] for info in done.values()), 1),
@@ -337,7 +368,7 @@ def _summary(cfg: DemoConfig, out: Path, state: dict, seconds: float) -> dict:
 
 def _summary_text(s: dict) -> str:
     lo, hi = s["ci95"]
-    m = s["reconstruction"]
+    m, d = s["reconstruction"], s["depth"]
     f = s["files"]
     lines = [
         "",
@@ -346,7 +377,10 @@ def _summary_text(s: dict) -> str:
         f"(95% interval {lo:.0%}-{hi:.0%}), mean length {s['mean_length']:.0f} steps",
         f"  recon       {m['views']} views: points rel {m['points_rel']:.3f}, depth rel {m['depth_rel']:.3f}, "
         f"pose AUC@5 {m['pose_auc5']:.1f}, Chamfer {100 * m['chamfer']:.1f} cm, F-score@1cm {m['fscore']:.1f}%",
+        f"  depth       {d['views']} views, one image each: d1 {d['d1']:.3f}, abs_rel {d['abs_rel']:.3f}, "
+        f"rmse {100 * d['rmse']:.1f} cm",
         f"  look at     uv run pixio-robot view {f['scene_recording']}",
+        f"              uv run pixio-robot view {f['depth_recording']}",
         f"              uv run pixio-robot view {f['point_cloud']}",
         f"              uv run pixio-robot view {f['policy_recording']}",
         f"  plots       {f['success_chart']}, {f['loss_plot']}, {f['point_cloud_png']}",

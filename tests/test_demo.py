@@ -71,6 +71,15 @@ def test_demo_outputs_read_back(demo_run):
 
     for key in ("points_rel", "depth_rel", "pose_auc5", "chamfer", "fscore"):
         assert np.isfinite(summary["reconstruction"][key]), key
+    # monocular depth of the scene's views: scored, written in mm, placed in the world by the cameras
+    depth = summary["depth"]
+    assert depth["views"] == 2 and 0 <= depth["d1"] <= 1 and np.isfinite(depth["abs_rel"])
+    assert "/world/cameras/view_001/depth" in rrd_entities(files["depth_recording"])
+    assert len(o3d.io.read_point_cloud(files["depth_point_cloud"]).points) > 100
+    from PIL import Image
+
+    png = np.asarray(Image.open(Path(files["depth_recording"]).parent / "view_000_depth.png"))
+    assert png.dtype == np.uint16 and png.shape == (128, 128) and png.max() > 0
     assert len(files["videos"]) == 2 and all(Path(v).is_file() for v in files["videos"])
     for png in (files["success_chart"], files["loss_plot"]):
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
