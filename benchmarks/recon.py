@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peak_memory import peak_rss_mb, reset_peak_rss, rss_mb  # beside this file
 
 # This file is named like the package it measures: keep its folder off the import path.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -62,29 +63,6 @@ def run_once(encoder, head, x: torch.Tensor, device: str) -> tuple[float, float]
     out.points(metric=True)
     sync(device)
     return t1 - t0, time.perf_counter() - t1
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Linux resets the peak resident set size (VmHWM) on writing 5 to clear_refs."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args) -> None:
