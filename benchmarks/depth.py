@@ -19,14 +19,19 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
 from peak_memory import peak_rss_mb, reset_peak_rss, rss_mb  # beside this file
 
-from pixio_robot import create_encoder
-from recon.configuration_depth import DepthHeadConfig
-from recon.depth import load_depth_model
-from recon.modeling_depth import DepthHead
+# benchmarks/recon.py beside this file would shadow the recon package: keep the folder off the path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+
+from pixio_robot import create_encoder  # noqa: E402
+from recon.configuration_depth import DepthHeadConfig  # noqa: E402
+from recon.depth import load_depth_model  # noqa: E402
+from recon.modeling_depth import DepthHead  # noqa: E402
 
 SETTINGS = ("bundled", "vitb16-dpt")
 
