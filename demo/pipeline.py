@@ -181,9 +181,10 @@ def _depth(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
     folder = out / "depth"
     folder.mkdir()
-    head, _, _, size = load_depth_model(cfg.depth_head)
+    model = load_depth_model(cfg.depth_head)  # (head, encoder, its SHA-256, image size)
+    head, size = model[0], model[3]
     scene = read_scene(done["scene"]["path"], size)
-    images, depth = predict_depth(cfg.depth_head, list(scene.images), device="cpu")
+    images, depth = predict_depth(model, list(scene.images), device="cpu")
     for i, d in enumerate(depth):
         write_depth_png(folder / f"view_{i:03d}_depth.png", d)
         save_png(folder / f"view_{i:03d}_color.png", colorize(d))

@@ -183,10 +183,11 @@ def run_eval(cfg: EvalDepthConfig) -> int:
 def predict_depth(
     checkpoint, images: list[np.ndarray], device="auto", names: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(images resized to the head's size (N, H, W, 3) uint8, depth z in metres (N, H, W))."""
+    """(images resized to the head's size (N, H, W, 3) uint8, depth z in metres (N, H, W)).
+    `checkpoint`: what `load_depth_model` takes, or what it returned (not loaded again)."""
     from .data import check_image_sides, resize_view
 
-    head, encoder, sha, size = load_depth_model(checkpoint)
+    head, encoder, sha, size = checkpoint if isinstance(checkpoint, tuple) else load_depth_model(checkpoint)
     for i, im in enumerate(images):
         check_image_sides(names[i] if names else f"image {i}", np.shape(im), size)
     dev = pick_device(device)
