@@ -1,4 +1,4 @@
-"""The envs package's subcommands: `collect`, `capture`, `replay` (options and where each runs).
+"""The envs package's subcommands: `collect`, `capture`, `render-frames`, `replay` (options and where each runs).
 
 Kept free of heavy imports so `pixio-robot --help` answers at once.
 """
@@ -79,6 +79,42 @@ class CaptureConfig(EnvOptions):
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
+OWN_AND_CORTEXBENCH = [
+    "reach", "push", "pick_place", "stack", "drawer_open",
+    *(f"metaworld/{t}" for t in ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")),
+]  # fmt: skip
+
+
+@dataclass
+class FramesConfig:
+    out: str = field(default="???", metadata={"help": "new folder for the WebDataset shards and frames.json"})
+    tasks: list[str] = field(
+        default_factory=lambda: list(OWN_AND_CORTEXBENCH),
+        metadata={"help": "own tasks and metaworld/<task> (default: all five own, the CortexBench five)"},
+    )
+    difficulties: list[str] = field(
+        default_factory=lambda: ["benchmark", "hard"], metadata={"help": "levels of the own tasks"}
+    )
+    cameras: list[str] = field(
+        default_factory=lambda: ["front", "corner", "side", "top", "wrist"], metadata={"help": "own-task cameras"}
+    )
+    metaworld_cameras: list[str] = field(
+        default_factory=lambda: ["corner", "corner2", "corner3", "topview", "gripperPOV"],
+        metadata={"help": "MetaWorld cameras"},
+    )
+    episodes: int = field(default=40, metadata={"help": "expert episodes per task and difficulty"})
+    frame_stride: int = field(default=2, metadata={"help": "keep every n-th frame of an episode"})
+    image_size: int = field(default=128, metadata={"help": "image height and width in pixels"})
+    noise: float = field(default=0.3, metadata={"help": "expert action noise (failed episodes are kept)"})
+    camera_jitter: float = field(default=0.03, metadata={"help": "random camera offset in metres (own tasks)"})
+    metaworld_time_limit: int = field(default=100, metadata={"help": "MetaWorld episode length cap in steps"})
+    seed: int = field(default=1000, metadata={"help": "first episode seed of every task"})
+    quality: int = field(default=95, metadata={"help": "JPEG quality"})
+    shard_size: int = field(default=1000, metadata={"help": "images per shard"})
+    workers: int = field(default=1, metadata={"help": "parallel environment processes"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
 @dataclass
 class ReplayConfig:
     source: str = field(default="???", metadata={"help": f"a dataset folder, or an environment ({ENV_HELP})"})
@@ -101,6 +137,12 @@ capture = Command(
     "capture multi-view RGB, depth, segmentation and cameras of random scenes (one folder per scene)",
     CaptureConfig,
     "envs.capture:capture",
+)
+render_frames = Command(
+    "render-frames",
+    "pre-training images: expert episodes of every task x difficulty x camera as WebDataset shards",
+    FramesConfig,
+    "envs.frames:render_frames",
 )
 replay = Command(
     "replay",
