@@ -110,7 +110,9 @@ class RunConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in run.dir"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, crops and masks"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)"})
-    dtype: str = field(default="bfloat16", metadata={"help": "autocast dtype: bfloat16 or float32"})
+    dtype: str = field(
+        default="auto", metadata={"help": "autocast dtype: auto (bfloat16 where native, else float32), bfloat16, float32"}
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (exact resume on CPU)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads per rank (default: torch's)"})
@@ -124,8 +126,8 @@ class RunConfig:
     def check(self) -> None:
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
             raise PixioError("run.checkpoint_every, run.keep_checkpoints and run.log_every must be at least 1")
-        if self.dtype not in ("bfloat16", "bf16", "float32", "fp32"):
-            raise PixioError(f"run.dtype={self.dtype!r}: training runs in bfloat16 (autocast) or float32")
+        if self.dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32"):
+            raise PixioError(f"run.dtype={self.dtype!r}: training runs in auto, bfloat16 (autocast) or float32")
 
 
 # The command's defaults are the CPU-sized Pixio (preset vitn16_128, the bundled sim_vitn16's

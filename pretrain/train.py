@@ -147,7 +147,7 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
     run_dir = Path(cfg.run.dir)
     micro = check_batch(cfg.batch_size, cfg.accum_steps, env.world_size)
     _set_runtime(cfg)
-    dtype, device = pick_dtype(cfg.run.dtype), env.device
+    dtype, device = pick_dtype(cfg.run.dtype, env.device), env.device
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     sources = find_sources(cfg.data.sources, cfg.data.cameras, cfg.data.frame_stride)
     check_readable(sources)

@@ -160,3 +160,14 @@ def test_distillation_trains_the_student_and_exports_it(tmp_path):
     assert {"loss_cls", "loss_patch"} <= set(rows[0]) and float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.1
     student = load_encoder(run / "encoder.safetensors")
     assert student.config["embed_dim"] == 128 and student.n_cls_tokens == 8
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    # Emulated bfloat16 trained 13x slower than float32 on an AMD EPYC without AVX512-BF16/AMX.
+    from pixio_robot.devices import pick_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert pick_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16  # an explicit choice is kept
