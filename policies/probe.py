@@ -42,13 +42,16 @@ class Scenes:
     names: list[str]
 
 
-def render_scenes(env: str, seeds: range, camera: str | None, image_size: int, progress: bool = True) -> Scenes:
-    """One image of each reset scene and the positions of its objects (names ending in _x/_y/_z)."""
+def render_scenes(
+    env: str, seeds: range, camera: str | None, image_size: int, progress: bool = True, **options
+) -> Scenes:
+    """One image of each reset scene and the positions of its objects (names ending in _x/_y/_z).
+    `options` are environment options (e.g. difficulty="hard")."""
     from tqdm import tqdm
 
     from envs.registry import EnvSpec
 
-    probe_spec = EnvSpec.parse(env)
+    probe_spec = EnvSpec.parse(env, **options)
     cameras = [camera] if camera else None
     spec = probe_spec.replace(
         image_size=image_size, environment_state=True, **({"cameras": cameras} if cameras else {})

@@ -38,6 +38,20 @@ def test_probe_command_on_a_tiny_encoder(tmp_path, capsys):
     assert all(np.isfinite(v) and v > 0 for v in result["rmse_cm"].values())
 
 
+def test_probe_renders_the_difficulty_it_is_given(tmp_path):
+    # The hard level spreads the reach goal over 45 x 50 x 25 cm instead of a 10 cm box, so
+    # knowing nothing (predicting the mean) misses by much more there.
+    errors = {}
+    for level in ("benchmark", "hard"):
+        out = tmp_path / f"{level}.json"
+        args = ["probe", "encoder=vitn16", "env=reach", "scenes=24", "image_size=32", f"difficulty={level}"]
+        assert main([*args, "compare_random=false", f"out={out}", "progress=false"]) == 0
+        result = json.loads(out.read_text())
+        assert result["difficulty"] == level
+        errors[level] = result["rmse_cm"]["mean"]
+    assert errors["hard"] > 2 * errors["benchmark"]
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
