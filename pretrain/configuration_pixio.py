@@ -111,7 +111,7 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed of initialisation, crops and masks"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)"})
     dtype: str = field(
-        default="auto", metadata={"help": "autocast dtype: auto (bfloat16 where native, else float32), bfloat16, float32"}
+        default="auto", metadata={"help": "autocast dtype: auto (bf16 where native, else float32), bfloat16, float32"}
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (exact resume on CPU)"})
