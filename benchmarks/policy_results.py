@@ -1,15 +1,29 @@
-"""The end-to-end result table of the README: success rates of behaviour-cloning policies on
-frozen encoders, own tasks and the CortexBench MetaWorld five.
+"""The end-to-end result tables of the README: success rates of behaviour-cloning policies on
+frozen encoders, for two protocols.
 
     uv run python benchmarks/policy_results.py                  # everything that is not done yet
     uv run python benchmarks/policy_results.py --dry-run        # print the commands only
-    uv run python benchmarks/policy_results.py --encoders c --tasks push   # a part
+    uv run python benchmarks/policy_results.py --encoders a,b --tasks reach   # a part
     uv run python benchmarks/policy_results.py --table          # the table from what is done
+    uv run python benchmarks/policy_results.py --protocol cortexbench   # the earlier table
 
 Every number comes from three commands (collect, train-policy, eval-policy), printed with
 --dry-run; steps whose output exists are skipped, so the script resumes where it stopped.
 
-Protocol (CortexBench's, scaled to 2 shared CPU cores; see the README for the reasons):
+`--protocol benchmark` (the default; issue 12's table, outputs/policy_benchmark):
+- tasks: reach, push, pick_place, stack at the benchmark level, push at the hard level;
+- demonstrations: 300 scripted-expert episodes per task with DART noise 0.3 (the expert runs
+  perturbed actions and labels its own), the object state recorded, collection seeds 0..,
+  `front` at 128x128;
+- policies: (a) the keypoint head on the bundled pre-trained Pixio (frozen), (b) the same on
+  the same architecture random-initialised, (c) the oracle: the CortexBench head on the
+  recorded object state instead of images (what the task allows with perfect perception);
+  100 epochs, training seeds 100 and 200;
+- evaluation: the last checkpoint on 50 held-out episodes (seeds from 100000), 2 processes;
+  the table adds each encoder's pooled rate and the two-proportion z-test of (a) against (b).
+
+`--protocol cortexbench` (the earlier table, outputs/policy_results): CortexBench's protocol
+scaled to 2 shared CPU cores (see the README for the reasons):
 - demonstrations: 50 scripted-expert episodes per own task (push, pick_place), 25 per
   MetaWorld task (CortexBench's number), collection seeds 0.., 128x128 images, one camera
   (own tasks `front`, MetaWorld `corner2`);
@@ -34,10 +48,89 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path("outputs/policy_results")
+# benchmarks/policies.py is named like the package the table reads: keep this folder off the path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 SMALL_ENCODER = "sim_vitn16"  # the bundled small Pixio (pixio_robot/weights/)
-OWN_TASKS = {"push": "push", "pick_place": "pick_place"}
 METAWORLD = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
+
+# ---- protocol "benchmark": issue 12's table ------------------------------------------------------
+
+BENCHMARK_ROOT = Path("outputs/policy_benchmark")
+BENCHMARK_TASKS = {  # table row -> the collect options that make its environment
+    "reach": ["env=reach"],
+    "push": ["env=push"],
+    "pick_place": ["env=pick_place"],
+    "stack": ["env=stack"],
+    "push-hard": ["env=push", "difficulty=hard"],
+}
+BENCHMARK_POLICIES = {
+    "a": [f"encoder={SMALL_ENCODER}", "head=keypoints"],
+    "b": [f"encoder={SMALL_ENCODER}", "encoder_init=random", "head=keypoints"],
+    "c": ["encoder=oracle", "head=cortexbench"],
+}
+BENCHMARK_NAMES = {
+    "a": "keypoint head on the bundled Pixio, pre-trained",
+    "b": "the same on the same architecture, random-initialised",
+    "c": "oracle: CortexBench head on the recorded object state",
+}
+SEEDS = (100, 200)
+
+
+def benchmark_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[Path, list[str]]]:
+    """(output that marks the step done, pixio-robot arguments) for one cell of the benchmark table."""
+    data = root / "data" / task
+    run, result = root / "runs" / task / f"{policy}-{seed}", root / "results" / task / f"{policy}-{seed}"
+    collect = ["collect", *BENCHMARK_TASKS[task], "episodes=300", "noise=0.3", "environment_state=true"]
+    collect += ["cameras=[front]", "image_size=128", "workers=2", f"out={data}"]
+    train = ["train-policy", f"dataset={data}", *BENCHMARK_POLICIES[policy], "epochs=100", f"seed={seed}"]
+    train += ["eval_every=0", f"out={run}"]
+    evaluate = ["eval-policy", f"policy={run}/checkpoints/best", "episodes=50", "workers=2", "videos=2"]
+    evaluate += [f"out={result}"]
+    return [(data / "meta/pixio_env.json", collect), (run / "summary.json", train), (result / "result.json", evaluate)]
+
+
+def benchmark_table(root: Path) -> str:
+    from policies import two_proportion_test, wilson_interval
+
+    def result(task, policy, seed):
+        path = root / "results" / task / f"{policy}-{seed}" / "result.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def fmt(k: int, n: int) -> str:
+        lo, hi = wilson_interval(k, n)
+        return f"{k}/{n} = {k / n:.0%} ({lo:.0%}-{hi:.0%})"
+
+    cols = [(p, s) for p in BENCHMARK_POLICIES for s in SEEDS]
+    lines = ["| task | " + " | ".join(f"({p}) seed {s}" for p, s in cols) + " | (a) - (b): z, p |"]
+    lines.append("|---" * (len(cols) + 2) + "|")
+    pooled = {p: [0, 0] for p in BENCHMARK_POLICIES}
+    for task in BENCHMARK_TASKS:
+        rs = {c: result(task, *c) for c in cols}
+        row = [fmt(r["successes"], r["episodes"]) if r else "not run" for r in rs.values()]
+        side = {p: [sum(rs[p, s][k] for s in SEEDS if rs[p, s]) for k in ("successes", "episodes")] for p in "ab"}
+        for p, s in rs:
+            if rs[p, s]:
+                pooled[p][0] += rs[p, s]["successes"]
+                pooled[p][1] += rs[p, s]["episodes"]
+        test = "-"
+        if side["a"][1] and side["b"][1]:
+            z, pv = two_proportion_test(*side["a"], *side["b"])
+            test = f"{side['a'][0] / side['a'][1] - side['b'][0] / side['b'][1]:+.0%}: z = {z:.1f}, p = {pv:.2f}"
+        lines.append(f"| {task} | " + " | ".join(row) + f" | {test} |")
+    if pooled["a"][1] and pooled["b"][1]:
+        z, pv = two_proportion_test(*pooled["a"], *pooled["b"])
+        diff = pooled["a"][0] / pooled["a"][1] - pooled["b"][0] / pooled["b"][1]
+        total = "; ".join(f"({p}) {fmt(*pooled[p])}" for p in pooled if pooled[p][1])
+        lines.append(f"\nAll cells run so far: {total}; (a) - (b) = {diff:+.0%}, z = {z:.2f}, p = {pv:.3f}.")
+    legend = "; ".join(f"({k}) {v}" for k, v in BENCHMARK_NAMES.items())
+    return "\n".join(lines) + f"\n\nSuccesses/episodes = rate (95% Wilson interval). Policies: {legend}.\n"
+
+
+# ---- protocol "cortexbench": the earlier table ---------------------------------------------------
+
+CORTEXBENCH_ROOT = Path("outputs/policy_results")
+OWN_TASKS = {"push": "push", "pick_place": "pick_place"}
 TASKS = {**OWN_TASKS, **{f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}}
 ENCODERS = {
     "a": [f"encoder={SMALL_ENCODER}"],
@@ -140,25 +233,49 @@ def table(root: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=ROOT)
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ",".join(TASKS))
-    parser.add_argument("--encoders", default="c,b,a")
-    parser.add_argument("--heads", default="cortexbench,chunking", help="comma-separated: " + ",".join(HEADS))
-    parser.add_argument("--episodes", type=int, help="evaluation episodes per cell (default 50; MetaWorld 10)")
+    parser.add_argument("--protocol", choices=("benchmark", "cortexbench"), default="benchmark")
+    parser.add_argument("--root", type=Path, help="default: outputs/policy_benchmark or outputs/policy_results")
+    parser.add_argument(
+        "--tasks", help=f"comma-separated; benchmark: {','.join(BENCHMARK_TASKS)}; cortexbench: {','.join(TASKS)}"
+    )
+    parser.add_argument("--encoders", help="comma-separated of a,b,c (default: all; cortexbench runs c,b,a)")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="benchmark: training seeds")
+    parser.add_argument(
+        "--heads", default="cortexbench,chunking", help="cortexbench: comma-separated of " + ",".join(HEADS)
+    )
+    parser.add_argument(
+        "--episodes", type=int, help="cortexbench: evaluation episodes per cell (default 50; MetaWorld 10)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--table", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
+    benchmark = args.protocol == "benchmark"
+    root = args.root or (BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT)
+    tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS if benchmark else TASKS)
+    encoders = args.encoders.split(",") if args.encoders else (["a", "b", "c"] if benchmark else ["c", "b", "a"])
+    known = BENCHMARK_TASKS if benchmark else TASKS
+    for name, given, allowed in (("task", tasks, known), ("encoder", encoders, ENCODERS)):
+        if unknown := [x for x in given if x not in allowed]:
+            parser.error(f"unknown {name} {unknown} for --protocol {args.protocol}: choose from {','.join(allowed)}")
     if not args.table:
-        for encoder in args.encoders.split(","):
-            for head in args.heads.split(","):
-                for task in args.tasks.split(","):
-                    episodes = args.episodes or (10 if is_metaworld(task) else 50)
-                    for done, cmd in commands(args.root, task, encoder, head, episodes):
-                        if not run_step(done, cmd, args.root / "logs" / f"{task}-{head}-{encoder}.log", args.dry_run):
-                            break
-    text = table(args.root)
+        if benchmark:
+            cells = [(t, e, int(s)) for t in tasks for e in encoders for s in args.seeds.split(",")]
+            steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s)) for t, e, s in cells]
+        else:
+            steps = [
+                (f"{t}-{h}-{e}", commands(root, t, e, h, args.episodes or (10 if is_metaworld(t) else 50)))
+                for e in encoders
+                for h in args.heads.split(",")
+                for t in tasks
+            ]
+        for name, cmds in steps:
+            for done, cmd in cmds:
+                if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
+                    break
+    text = benchmark_table(root) if benchmark else table(root)
     if not args.dry_run:
-        (args.root / "table.md").write_text(text)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "table.md").write_text(text)
     print("\n" + text)
     return 0
 

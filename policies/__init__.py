@@ -38,5 +38,6 @@ _LAZY = {
     "eval_policy": "evaluation",
     "EnvPolicy": "evaluation",
     "wilson_interval": "evaluation",
+    "two_proportion_test": "evaluation",
 }
 __getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -48,6 +48,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return lo, hi
 
 
+def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
+    """(z, two-sided p) of the pooled two-proportion z-test that rate 1 differs from rate 2.
+
+    The test the README's "(a) beats (b)" claims use: z > 1.96 is a difference at the 5% level.
+    """
+    if min(n1, n2) < 1:
+        raise ValueError("two_proportion_test needs at least one episode on each side")
+    pooled = (k1 + k2) / (n1 + n2)
+    sd = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if sd == 0:  # both 0% or both 100%: no evidence of a difference
+        return 0.0, 1.0
+    z = (k1 / n1 - k2 / n2) / sd
+    return z, math.erfc(abs(z) / math.sqrt(2))
+
+
 # ---- a policy in an environment --------------------------------------------------------------
 
 

@@ -35,6 +35,19 @@ def test_wilson_interval():
     assert wilson_interval(50, 50) == pytest.approx((0.9287, 1.0), abs=1e-4)
 
 
+def test_two_proportion_test_by_hand():
+    from policies import two_proportion_test
+
+    # 43/50 against 42/50: pooled 0.85, sd sqrt(0.85 * 0.15 * 0.04) = 0.0714, z = 0.02 / 0.0714
+    z, p = two_proportion_test(43, 50, 42, 50)
+    assert z == pytest.approx(0.2801, abs=1e-3) and p == pytest.approx(0.7794, abs=1e-3)
+    z, p = two_proportion_test(30, 100, 45, 100)  # a real gap: z = -2.19, p < 0.05
+    assert z == pytest.approx(-2.1909, abs=1e-3) and p == pytest.approx(0.0285, abs=1e-3)
+    assert two_proportion_test(50, 50, 50, 50) == (0.0, 1.0)  # no spread, no evidence
+    with pytest.raises(ValueError):
+        two_proportion_test(1, 0, 1, 10)
+
+
 def test_scripted_expert_through_the_evaluation_code(tmp_path):
     out = tmp_path / "expert"
     args = ["eval-policy", "policy=expert", "env=push", f"image_size={IMAGE_SIZE}", "episodes=50", "workers=2"]
