@@ -116,7 +116,7 @@ def benchmark_table(root: Path) -> str:
         test = "-"
         if side["a"][1] and side["b"][1]:
             z, pv = two_proportion_test(*side["a"], *side["b"])
-            test = f"{side['a'][0] / side['a'][1] - side['b'][0] / side['b'][1]:+.0%}: z = {z:.1f}, p = {pv:.2f}"
+            test = f"{side['a'][0] / side['a'][1] - side['b'][0] / side['b'][1]:+.0%}: z = {z:.1f}, p = {pv:.3f}"
         lines.append(f"| {task} | " + " | ".join(row) + f" | {test} |")
     if pooled["a"][1] and pooled["b"][1]:
         z, pv = two_proportion_test(*pooled["a"], *pooled["b"])
