@@ -65,12 +65,15 @@ class Demonstrations:
         ds = envs.load_dataset(root)
         if ds.num_frames == 0:
             raise PixioError(f"dataset={root} holds no frames: record demonstrations with pixio-robot collect")
-        table = ds.hf_dataset.with_format("numpy")
-        states = np.asarray(np.stack(table["observation.state"]), np.float32)
-        actions = np.asarray(np.stack(table["action"]), np.float32)
-        env_states = None
-        if "observation.environment_state" in table.column_names:
-            env_states = np.asarray(np.stack(table["observation.environment_state"]), np.float32)
+        wanted = ["observation.state", "action", "observation.environment_state"]
+        wanted = [c for c in wanted if c in ds.hf_dataset.column_names]
+        # One batch read of the columns: indexing a column instead converts row by row (15 s
+        # per column for 16k frames, more than a policy's training on 2 cores).
+        table = ds.hf_dataset.with_format("numpy", columns=wanted)[:]
+        states = np.asarray(table["observation.state"], np.float32)
+        actions = np.asarray(table["action"], np.float32)
+        env_states = table.get("observation.environment_state")
+        env_states = None if env_states is None else np.asarray(env_states, np.float32)
         if actions.shape[1] != len(meta["action_names"]):
             raise PixioError(
                 f"dataset={root}: actions are {actions.shape[1]}-d but its environment {meta['name']} takes "
