@@ -104,25 +104,22 @@ def benchmark_table(root: Path) -> str:
     cols = [(p, s) for p in BENCHMARK_POLICIES for s in SEEDS]
     lines = ["| task | " + " | ".join(f"({p}) seed {s}" for p, s in cols) + " | (a) - (b): z, p |"]
     lines.append("|---" * (len(cols) + 2) + "|")
-    pooled = {p: [0, 0] for p in BENCHMARK_POLICIES}
+
+    def compare(pairs: list[tuple[dict, dict]]) -> str:
+        """(a) against (b) over cells run for both (same task and training seed)."""
+        (ka, na), (kb, nb) = [[sum(pair[i][k] for pair in pairs) for k in ("successes", "episodes")] for i in (0, 1)]
+        z, pv = two_proportion_test(ka, na, kb, nb)
+        return f"{ka / na - kb / nb:+.0%}: z = {z:.1f}, p = {pv:.3f}"
+
+    paired = []
     for task in BENCHMARK_TASKS:
         rs = {c: result(task, *c) for c in cols}
         row = [fmt(r["successes"], r["episodes"]) if r else "not run" for r in rs.values()]
-        side = {p: [sum(rs[p, s][k] for s in SEEDS if rs[p, s]) for k in ("successes", "episodes")] for p in "ab"}
-        for p, s in rs:
-            if rs[p, s]:
-                pooled[p][0] += rs[p, s]["successes"]
-                pooled[p][1] += rs[p, s]["episodes"]
-        test = "-"
-        if side["a"][1] and side["b"][1]:
-            z, pv = two_proportion_test(*side["a"], *side["b"])
-            test = f"{side['a'][0] / side['a'][1] - side['b'][0] / side['b'][1]:+.0%}: z = {z:.1f}, p = {pv:.3f}"
-        lines.append(f"| {task} | " + " | ".join(row) + f" | {test} |")
-    if pooled["a"][1] and pooled["b"][1]:
-        z, pv = two_proportion_test(*pooled["a"], *pooled["b"])
-        diff = pooled["a"][0] / pooled["a"][1] - pooled["b"][0] / pooled["b"][1]
-        total = "; ".join(f"({p}) {fmt(*pooled[p])}" for p in pooled if pooled[p][1])
-        lines.append(f"\nAll cells run so far: {total}; (a) - (b) = {diff:+.0%}, z = {z:.2f}, p = {pv:.3f}.")
+        pairs = [(rs["a", s], rs["b", s]) for s in SEEDS if rs["a", s] and rs["b", s]]
+        paired += pairs
+        lines.append(f"| {task} | " + " | ".join(row) + f" | {compare(pairs) if pairs else '-'} |")
+    if paired:
+        lines.append(f"\n(a) - (b) over the {len(paired)} (task, seed) pairs run for both: {compare(paired)}.")
     legend = "; ".join(f"({k}) {v}" for k, v in BENCHMARK_NAMES.items())
     return "\n".join(lines) + f"\n\nSuccesses/episodes = rate (95% Wilson interval). Policies: {legend}.\n"
 
