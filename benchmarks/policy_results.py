@@ -236,7 +236,9 @@ def main() -> int:
         "--tasks", help=f"comma-separated; benchmark: {','.join(BENCHMARK_TASKS)}; cortexbench: {','.join(TASKS)}"
     )
     parser.add_argument("--encoders", help="comma-separated of a,b,c (default: all; cortexbench runs c,b,a)")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="benchmark: training seeds")
+    parser.add_argument(
+        "--seeds", default=",".join(map(str, SEEDS)), help="benchmark: training seeds (the table's columns)"
+    )
     parser.add_argument(
         "--heads", default="cortexbench,chunking", help="cortexbench: comma-separated of " + ",".join(HEADS)
     )
@@ -250,13 +252,16 @@ def main() -> int:
     root = args.root or (BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT)
     tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS if benchmark else TASKS)
     encoders = args.encoders.split(",") if args.encoders else (["a", "b", "c"] if benchmark else ["c", "b", "a"])
-    known = BENCHMARK_TASKS if benchmark else TASKS
-    for name, given, allowed in (("task", tasks, known), ("encoder", encoders, ENCODERS)):
+    seeds = args.seeds.split(",")
+    checks = [("task", tasks, BENCHMARK_TASKS if benchmark else TASKS)]
+    checks += [("encoder", encoders, BENCHMARK_POLICIES if benchmark else ENCODERS), ("seed", seeds, map(str, SEEDS))]
+    for name, given, allowed in checks:
+        allowed = list(allowed)
         if unknown := [x for x in given if x not in allowed]:
             parser.error(f"unknown {name} {unknown} for --protocol {args.protocol}: choose from {','.join(allowed)}")
     if not args.table:
         if benchmark:
-            cells = [(t, e, int(s)) for t in tasks for e in encoders for s in args.seeds.split(",")]
+            cells = [(t, e, int(s)) for t in tasks for e in encoders for s in seeds]
             steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s)) for t, e, s in cells]
         else:
             steps = [
