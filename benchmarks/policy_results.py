@@ -7,8 +7,9 @@ frozen encoders, for two protocols.
     uv run python benchmarks/policy_results.py --table          # the table from what is done
     uv run python benchmarks/policy_results.py --protocol cortexbench   # the earlier table
 
-Every number comes from three commands (collect, train-policy, eval-policy), printed with
---dry-run; steps whose output exists are skipped, so the script resumes where it stopped.
+Every number comes from three commands (collect, train-policy, eval-policy); --dry-run prints
+those still to run. Steps whose output exists are skipped, and a cell whose result exists is
+done, so the script resumes where it stopped.
 
 `--protocol benchmark` (the default; issue 12's table, outputs/policy_benchmark):
 - tasks: reach, push, pick_place, stack at the benchmark level, push at the hard level;
@@ -176,12 +177,11 @@ def commands(root: Path, task: str, encoder: str, head: str, episodes: int) -> l
 
 def run_step(done: Path, args: list[str], log: Path, dry_run: bool) -> bool:
     line = "uv run pixio-robot " + " ".join(args)
-    if dry_run:
-        print(line, flush=True)
-        return True
     if done.exists():
         return True
     print(line, flush=True)
+    if dry_run:
+        return True
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"\n$ {line}\n")
@@ -271,6 +271,8 @@ def main() -> int:
                 for t in tasks
             ]
         for name, cmds in steps:
+            if cmds[-1][0].exists():
+                continue  # the cell's result is there (its run folder may be elsewhere or removed)
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break
