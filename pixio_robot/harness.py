@@ -7,7 +7,10 @@ step); the harness owns the rest, once:
 - **checkpoints**: `run_dir/checkpoints/step-XXXXXXXX.pt`, written atomically (temporary file,
   fsync, rename), the newest `keep` kept, each holding the model, the optimizer, the step, the
   RNG states of every rank, the loss guard and the job's own state (its data position). Only
-  tensors, numbers and strings are stored, so files load with `torch.load(weights_only=True)`;
+  tensors, numbers and strings are stored, so files load with `torch.load(weights_only=True)`.
+  A sharded (FSDP) run keeps model and optimizer in `step-XXXXXXXX.dcp/` beside the step file
+  instead (torch.distributed.checkpoint: every rank writes its own shards, and any number of
+  ranks reads them back); the step file is written last, so it marks the pair complete;
 - **resume rules**: a resumed run must have the saved run's options except those the job
   declares changeable (`changed_options`);
 - **one schedule** (linear warm-up, then half a cosine: MAE's, per step) and **one parameter
@@ -29,6 +32,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -68,7 +72,70 @@ def save_checkpoint(run_dir: str | Path, step: int, payload: dict, keep: int) ->
         torch.save({"format": FORMAT, "step": step} | payload, tmp)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        shutil.rmtree(old.with_suffix(SHARDS), ignore_errors=True)
     return path
+
+
+# ---- sharded weights (FSDP) ---------------------------------------------------------------------
+
+SHARDS = ".dcp"  # suffix of a step's torch.distributed.checkpoint folder
+
+
+def save_shards(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, is_main: bool) -> str:
+    """Every rank writes its shards of model and optimizer into a temporary folder, which rank
+    0 then renames to `step-XXXXXXXX.dcp` (dcp.save returns on rank 0 only after every rank has
+    written). Collective; the folder's name, for the step file."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = checkpoint_dir(run_dir) / f"step-{step:08d}{SHARDS}"
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=_shards_tmp(final), no_dist=_one_process())
+    if is_main:
+        shutil.rmtree(final, ignore_errors=True)  # left by a run killed before it wrote the step file
+        os.replace(_shards_tmp(final), final)
+    return final.name
+
+
+def load_shards(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Model and optimizer from a step's shards, resharded to this run's ranks. Collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)  # the layout to read into
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=_shards_of(ckpt), no_dist=_one_process())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def read_sharded_model(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The whole model's weights from a step's shards, in one process (export, view, curate)."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(_shards_of(ckpt))
+    meta = reader.read_metadata().state_dict_metadata
+    model = {
+        k.removeprefix("model."): torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in meta.items()
+        if k.startswith("model.") and isinstance(m, dcp.TensorStorageMetadata)
+    }
+    dcp.load({"model": model}, storage_reader=reader, no_dist=True)
+    return model
+
+
+def _one_process() -> bool:
+    return not torch.distributed.is_initialized()
+
+
+def _shards_of(ckpt: dict) -> Path:
+    folder = Path(ckpt["path"]).parent / ckpt["sharded"]
+    if not folder.is_dir():
+        raise PixioError(f"{ckpt['path']}: its sharded weights {folder} are missing (copy the folder beside it)")
+    return folder
+
+
+def _shards_tmp(final: Path) -> Path:
+    return final.parent / f"{TMP_PREFIX}{final.name}.part"
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -78,10 +145,13 @@ def load_checkpoint(path: str | Path) -> dict:
         latest = latest_checkpoint(path)
         if latest is None:
             raise PixioError(f"{path}: no checkpoints in {checkpoint_dir(path)}")
-        return _read(latest)
-    if not path.exists():
+        path = latest
+    elif not path.exists():
         raise PixioError(f"{path}: no such checkpoint (give a step-*.pt file or a run folder)")
-    return _read(path)
+    ckpt = _read(path)
+    if "sharded" in ckpt:
+        ckpt["model"] = read_sharded_model(ckpt)
+    return ckpt
 
 
 def _read(path: Path) -> dict:
@@ -111,11 +181,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete temporary files left by a killed writer (they are never read)."""
+    """Delete temporary files and folders left by a killed writer (they are never read), and
+    shard folders whose step file was never written."""
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.glob(f"{TMP_PREFIX}*"):
-            p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in folder.glob(f"step-*{SHARDS}"):
+            if not p.with_suffix(".pt").exists():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def rng_state() -> dict:
@@ -362,14 +436,23 @@ class Run:
     is_main: bool = True
     progress: bool = True
     save_on_interrupt: bool = True
+    sharded: bool = False  # FSDP: weights and optimizer saved and restored as shards (collective)
     last_saved: Path | None = None
 
     # -- resuming --
 
     def resume(self, ckpt: dict) -> int:
         """Restore model, optimizer, RNG and guard from a checkpoint; the step to go on from."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ("sharded" in ckpt) != self.sharded:
+            raise PixioError(
+                f"{ckpt['path']} holds {'sharded' if 'sharded' in ckpt else 'whole'} weights and this run keeps them "
+                f"{'sharded' if self.sharded else 'whole'}: resume with the parallelism the run was started with"
+            )
+        if self.sharded:
+            load_shards(ckpt, self.model, self.optimizer)
+        else:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         rngs = ckpt["rng"]
         if len(rngs) == self.world_size:  # another number of ranks starts from the seeds
             set_rng_state(rngs[self.rank])
@@ -476,17 +559,24 @@ class Run:
     def save(self, step: int, loss: float) -> None:
         rngs = self.gather(rng_state())
         job = self.state()  # collective in multi-process jobs: every rank calls it
+        shards = save_shards(self.run_dir, step, self.model, self.optimizer, self.is_main) if self.sharded else None
         if not self.is_main:
             return
-        payload = {
-            "kind": self.kind,
-            "config": json.dumps(self.config),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": rngs,
-            "guard": json.dumps({"mean": self.guard.mean, "seen": self.guard.seen}),
-            "loss": loss,
-        } | job
+        if shards is not None:
+            weights = {"sharded": shards}
+        else:
+            weights = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        payload = (
+            weights
+            | {
+                "kind": self.kind,
+                "config": json.dumps(self.config),
+                "rng": rngs,
+                "guard": json.dumps({"mean": self.guard.mean, "seen": self.guard.seen}),
+                "loss": loss,
+            }
+            | job
+        )
         self.last_saved = save_checkpoint(self.run_dir, step, payload, self.keep)
         if self.export is not None:
             self.export(step)

@@ -114,6 +114,13 @@ class RunConfig:
         default="auto", metadata={"help": "autocast dtype: auto (bf16 where native, else float32), bfloat16, float32"}
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks"})
+    parallel: str = field(
+        default="ddp",
+        metadata={
+            "help": "across ranks: ddp (whole weights on every rank) or fsdp (FSDP2: weights, gradients and AdamW "
+            "moments sharded per transformer block; sharded checkpoints)"
+        },
+    )
     deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (exact resume on CPU)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads per rank (default: torch's)"})
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
@@ -126,6 +133,8 @@ class RunConfig:
     def check(self) -> None:
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
             raise PixioError("run.checkpoint_every, run.keep_checkpoints and run.log_every must be at least 1")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise PixioError(f"run.parallel={self.parallel!r}: choose ddp or fsdp")
         if self.dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32"):
             raise PixioError(f"run.dtype={self.dtype!r}: training runs in auto, bfloat16 (autocast) or float32")
 

@@ -1,7 +1,7 @@
 """Running under torchrun: one process per GPU (NCCL) or per CPU slot (Gloo).
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK (and MASTER_ADDR/PORT); without them training
-runs as a single process. Only rank 0 writes files.
+runs as a single process. Only rank 0 writes files, except the shards of an FSDP checkpoint.
 """
 
 from __future__ import annotations
@@ -74,3 +74,21 @@ def gather_objects(obj, env: DistEnv) -> list:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+def shard(model: torch.nn.Module, blocks: list[torch.nn.Module], param_dtype: torch.dtype, env: DistEnv) -> None:
+    """FSDP2 in place: each transformer block is one unit (its weights are gathered just before
+    it runs and freed after), the rest of the model the root unit. Parameters are kept in fp32
+    shards and cast to `param_dtype` for compute; gradients are reduced in fp32. A single
+    process shards nothing (its checkpoints are still written as shards, so a run can move
+    between one process and many)."""
+    if not env.distributed:
+        return
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(
+        param_dtype=None if param_dtype == torch.float32 else param_dtype, reduce_dtype=torch.float32
+    )
+    for blk in blocks:
+        fully_shard(blk, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)

@@ -3,14 +3,16 @@ the core's training harness (`pixio_robot.harness`: loop, checkpoints, schedule,
 scalars).
 
 One optimizer step = `accum_steps` micro-batches per rank; gradients are averaged over ranks
-by DistributedDataParallel, so `batch_size` is the whole step's batch whatever the number of
-ranks. Each step: lr from the schedule, forward under autocast, backward, loss averaged over
-ranks and checked (a non-finite loss stops the run before the update, keeping the last good
-checkpoint), AdamW step. Rank 0 shows the progress bar, logs scalars to `metrics.csv` and
-`metrics.rrd`, writes checkpoints and, at the end, the encoder in the project format.
+by DistributedDataParallel (`run.parallel=ddp`) or reduce-scattered by FSDP2
+(`run.parallel=fsdp`: weights, gradients and optimizer state sharded per transformer block), so
+`batch_size` is the whole step's batch whatever the number of ranks. Each step: lr from the
+schedule, forward under autocast, backward, loss averaged over ranks and checked (a non-finite
+loss stops the run before the update, keeping the last good checkpoint), AdamW step. Rank 0
+shows the progress bar, logs scalars to `metrics.csv` and `metrics.rrd`, writes checkpoints
+and, at the end, the encoder in the project format.
 
-Run folder (`run.dir`): config.json, metrics.csv, metrics.rrd, checkpoints/step-*.pt,
-encoder.safetensors.
+Run folder (`run.dir`): config.json, metrics.csv, metrics.rrd, checkpoints/step-*.pt (with
+step-*.dcp/ shard folders under FSDP), encoder.safetensors.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from .optim import make_optimizer
 # (model, batch, seed, data) changes what a step computes and must stay.
 MAY_CHANGE_ON_RESUME = (
     *("run.dir", "run.resume", "run.device", "run.dtype", "run.compile", "run.deterministic", "run.threads"),
+    "run.parallel",  # checked against the checkpoint's layout (whole or sharded) instead
     *("run.checkpoint_every", "run.keep_checkpoints", "run.log_every", "run.stop_after", "run.progress"),
     *("run.export", "optim", "schedule", "accum_steps", "data.num_workers", "kind"),
 )
@@ -162,6 +165,12 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
     attention = set_attention(model, objective.attention, device, dtype)
     if objective.teacher is not None:
         set_attention(objective.teacher, objective.attention, device, dtype)
+    if cfg.run.compile:
+        for blk in _blocks(model):
+            blk.compile()
+    sharded = cfg.run.parallel == "fsdp"
+    if sharded:  # before the optimizer: FSDP replaces the parameters with their shards
+        distributed.shard(model, _blocks(model), dtype, env)
     torch.manual_seed(cfg.run.seed + env.rank)  # stochastic depth differs per rank (a resume restores it)
     optimizer = make_optimizer(model, cfg.optim, device)
     steps = _Steps(cfg, env, objective, model, dtype, micro, json.loads(ckpt["data"]) if ckpt else {})
@@ -189,9 +198,10 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
         is_main=env.is_main,
         progress=cfg.run.progress,
         save_on_interrupt=False,  # a collective write: ranks may not all see the interrupt
+        sharded=sharded,
     )
     step = run.resume(ckpt) if ckpt is not None else 0
-    steps.wrap(model, env, device)
+    steps.wrap(model, env, device, sharded)
     steps.loader = make_loader(
         _dataset(sources, steps.plan, cfg.data.num_workers, step, steps.position, curation, env),
         cfg.data.num_workers,
@@ -222,14 +232,18 @@ def _announce(cfg, run_dir, objective, model, sources, micro, dtype, device, att
     print(
         f"{objective.kind}: {n_params / 1e6:.1f}M parameters, {sources.describe()}, batch {cfg.batch_size} "
         f"({world} ranks x {cfg.accum_steps} accumulation x {micro}), peak lr {cfg.optim.peak_lr(cfg.batch_size):.3g}, "
-        f"{device.type} {dtype}, {attention} attention" + (f", resuming at step {step}" if step else "")
+        f"{device.type} {dtype}, {attention} attention"
+        + (f", {cfg.run.parallel}" if world > 1 else "")
+        + (f", resuming at step {step}" if step else "")
     )
 
 
 def _finish(cfg, run_dir: Path, objective: Objective, step: int, env) -> int:
-    if env.is_main and step >= cfg.schedule.steps:
+    done = step >= cfg.schedule.steps
+    encoder = _whole_encoder(objective, env) if done and cfg.run.parallel == "fsdp" else objective.encoder
+    if env.is_main and done:
         out = save_encoder(
-            objective.encoder.cpu(),
+            encoder.cpu(),
             run_dir / cfg.run.export,
             metadata={"trained_by": f"pixio-robot {objective.kind}", "step": str(step)},
         )
@@ -237,6 +251,20 @@ def _finish(cfg, run_dir: Path, objective: Objective, step: int, env) -> int:
     elif env.is_main:
         print(f"stopped at step {step} of {cfg.schedule.steps}: continue with the same options and run.resume=true")
     return 0
+
+
+def _whole_encoder(objective: Objective, env) -> PixioViT | None:
+    """The encoder with its shards gathered, on rank 0 (collective; None elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(objective.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not env.is_main:
+        return None
+    with torch.device("meta"):  # no second random initialisation of a large model
+        encoder = PixioViT(**objective.encoder.config)
+    prefix = "encoder."
+    encoder.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, assign=True)
+    return encoder
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -257,6 +285,12 @@ def _checkpoint_to_resume(cfg, run_dir: Path) -> dict | None:
     if ckpt is None:
         raise PixioError(
             f"run.resume=true but {run_dir}/checkpoints holds no checkpoint: drop run.resume=true to start"
+        )
+    saved = "fsdp" if "sharded" in ckpt else "ddp"
+    if saved != cfg.run.parallel:
+        raise PixioError(
+            f"{ckpt['path']} was written with run.parallel={saved} ({'sharded' if saved == 'fsdp' else 'whole'} "
+            f"weights): resume with run.parallel={saved}"
         )
     return ckpt
 
@@ -290,13 +324,14 @@ def _logs(run_dir: Path, step: int, is_main: bool):
 
 class _Steps:
     """Pre-training's step: `accum_steps` micro-batches per rank, forward under autocast,
-    backward (DDP averages gradients over ranks), the loss averaged over ranks. Keeps where
+    backward (DDP or FSDP averages gradients over ranks), the loss averaged over ranks. Keeps where
     each loader worker is in its data, for the checkpoint."""
 
     def __init__(self, cfg, env, objective: Objective, model: nn.Module, dtype, micro: int, position: dict):
         self.cfg, self.env, self.objective, self.dtype = cfg, env, objective, dtype
         self.device = env.device
-        self.ddp = model
+        self.wrapped = model  # what the loss is computed through (the DDP wrapper, or the model)
+        self.sharded = False
         self.position = position
         self.plan = BatchPlan(
             micro,
@@ -314,17 +349,15 @@ class _Steps:
         self.loader = None
         self._batches = None
 
-    def wrap(self, model: nn.Module, env, device) -> None:
-        """Compile and wrap for DDP after the weights are restored."""
-        if self.cfg.run.compile:
-            for blk in _blocks(model):
-                blk.compile()
-        if env.distributed:
+    def wrap(self, model: nn.Module, env, device, sharded: bool) -> None:
+        """Wrap for DDP after the weights are restored (an FSDP model is sharded in place)."""
+        self.sharded = sharded
+        if env.distributed and not sharded:
             # The class token's gradient is a slice of the gradient of the concatenated class and
             # register tokens (timm's layout); DDP copies it into its bucket and warns once per rank.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             ids = [device.index] if device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def __call__(self, step: int) -> tuple[float, dict]:
         if self._batches is None:
@@ -335,14 +368,22 @@ class _Steps:
             batch = self.next_batch()
             x = to_model_input(batch["images"], self.device)
             noise = batch["noise"].to(self.device, non_blocking=True)
-            sync = contextlib.nullcontext() if j == accum - 1 or not self.env.distributed else self.ddp.no_sync()
-            with sync:
+            with self._sync(j == accum - 1):
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                    loss, logs = self.objective.loss(self.ddp, x, noise)
+                    loss, logs = self.objective.loss(self.wrapped, x, noise)
                 (loss / accum).backward()
             total += torch.stack([loss.detach().float(), *(logs[k].float() for k in self.objective.extra_logs)])
         total = distributed.all_reduce_mean(total / accum, self.env).tolist()
         return total[0], dict(zip(self.objective.extra_logs, total[1:], strict=True))
+
+    def _sync(self, last: bool):
+        """Gradients are reduced across ranks on the last micro-batch of a step only."""
+        if not self.env.distributed:
+            return contextlib.nullcontext()
+        if self.sharded:
+            self.wrapped.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else self.wrapped.no_sync()
 
     def next_batch(self) -> dict:
         try:

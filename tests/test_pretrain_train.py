@@ -128,6 +128,11 @@ def test_resume_rules(tmp_path, capsys):
     assert "it was started with batch_size=4, this command has batch_size=8" in capsys.readouterr().err
     assert main(run_args(images, tmp_path / "empty", 2, "run.resume=true")) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+    # whole (DDP) weights do not resume as shards, nor the other way round: one line naming the option
+    assert main(run_args(images, run, 4, "batch_size=4", "run.resume=true", "run.parallel=fsdp")) == 2
+    assert "was written with run.parallel=ddp (whole weights): resume with run.parallel=ddp" in capsys.readouterr().err
+    assert main(run_args(images, run, 4, "batch_size=4", "run.parallel=zero3")) == 2
+    assert "run.parallel='zero3': choose ddp or fsdp" in capsys.readouterr().err
     # a longer schedule continues from step 2
     assert main(run_args(images, run, 4, "batch_size=4", "run.resume=true")) == 0
     assert load_checkpoint(run)["step"] == 4
