@@ -357,7 +357,9 @@ class _Steps:
             # register tokens (timm's layout); DDP copies it into its bucket and warns once per rank.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             ids = [device.index] if device.type == "cuda" else None
-            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            # gradient_as_bucket_view: the gradients live in DDP's communication buckets instead of
+            # beside them (4 bytes per parameter less; benchmarks/checkpointing.py --preset)
+            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
     def __call__(self, step: int) -> tuple[float, dict]:
         if self._batches is None:
