@@ -6,6 +6,7 @@ median of the timed repetitions. Achieved GFLOP/s is set against the best matmul
 on the same machine and dtype.
 
     uv run python benchmarks/encoder.py [--reps 5] [--batch 8] [--size vitb16] [--no-compile] [--compile-peer]
+    python benchmarks/encoder.py --device cuda --size vith16 --batch 64 --compile-peer     # a GPU's rows only
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled encoder (~1 min per dtype)")
     ap.add_argument("--compile-peer", action="store_true", help="also time transformers under torch.compile")
+    ap.add_argument("--device", choices=("cpu", "cuda"), help="only this device (default: the CPU, and the GPU if any)")
     args = ap.parse_args()
 
     from transformers import PixioConfig, PixioModel
@@ -98,7 +100,7 @@ def main() -> None:
         hf.save_pretrained(tmp)
         ours = load_encoder(tmp)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     grid = args.image // 16
     flops = args.batch * encoder_flops(d, depth, grid * grid + 8, grid * grid)
     cpu = platform.processor() or platform.machine()

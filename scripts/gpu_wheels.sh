@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Wheels a GPU machine with only PyTorch, timm, transformers, numpy and pillow lacks for
-# `render-frames`, `pretrain` and `probe` (scripts/gpu_encoder_v2.sh), at the versions of
+# `render-frames`, `pretrain` and `probe` (scripts/gpu_encoder_v2.sh) and for the benchmarks of
+# scripts/gpu_scale.sh (lightly, the pre-training peer), at the versions of
 # uv.lock, plus the project's own wheel, into DIR (default .whl, which git must ignore):
 #
 #   bash scripts/gpu_wheels.sh .whl            # here, with network to the package index
@@ -17,7 +18,7 @@ set -euo pipefail
 D=${1:-.whl}
 mkdir -p "$D"
 NEEDED="hydra-core omegaconf antlr4-python3-runtime pyyaml webdataset braceexpand mujoco absl-py etils glfw
-pyopengl gymnasium cloudpickle farama-notifications einops"
+pyopengl gymnasium cloudpickle farama-notifications einops lightly"
 pins=$(uv export --frozen --no-hashes --format requirements-txt --no-emit-project 2>/dev/null | grep -E '^[A-Za-z0-9_.-]+==')
 for name in $NEEDED; do
   pin=$(echo "$pins" | grep -i -E "^${name}==" | head -1 | cut -d' ' -f1 | cut -d';' -f1)
