@@ -35,6 +35,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ def save_shards(run_dir: Path, step: int, model: nn.Module, optimizer: torch.opt
 
     final = checkpoint_dir(run_dir) / f"step-{step:08d}{SHARDS}"
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=_shards_tmp(final), no_dist=_one_process())
+    state = {"model": model_state, "optimizer": optim_state}
+    with _quiet_in_one_process():
+        dcp.save(state, checkpoint_id=_shards_tmp(final), no_dist=_one_process())
     if is_main:
         shutil.rmtree(final, ignore_errors=True)  # left by a run killed before it wrote the step file
         os.replace(_shards_tmp(final), final)
@@ -104,7 +107,8 @@ def load_shards(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer) 
 
     model_state, optim_state = get_state_dict(model, optimizer)  # the layout to read into
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=_shards_of(ckpt), no_dist=_one_process())
+    with _quiet_in_one_process():
+        dcp.load(state, checkpoint_id=_shards_of(ckpt), no_dist=_one_process())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
@@ -119,12 +123,22 @@ def read_sharded_model(ckpt: dict) -> dict[str, torch.Tensor]:
         for k, m in meta.items()
         if k.startswith("model.") and isinstance(m, dcp.TensorStorageMetadata)
     }
-    dcp.load({"model": model}, storage_reader=reader, no_dist=True)
+    with _quiet_in_one_process():
+        dcp.load({"model": model}, storage_reader=reader, no_dist=True)
     return model
 
 
 def _one_process() -> bool:
     return not torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_in_one_process():
+    """torch.distributed.checkpoint warns on every single-process read or write, which is
+    intended here (a sharded run resumed, exported or viewed in one process)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
 
 
 def _shards_of(ckpt: dict) -> Path:
