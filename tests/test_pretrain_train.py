@@ -133,6 +133,12 @@ def test_resume_rules(tmp_path, capsys):
     assert "was written with run.parallel=ddp (whole weights): resume with run.parallel=ddp" in capsys.readouterr().err
     assert main(run_args(images, run, 4, "batch_size=4", "run.parallel=zero3")) == 2
     assert "run.parallel='zero3': choose ddp or fsdp" in capsys.readouterr().err
+    # one process with run.parallel=fsdp shards nothing but writes sharded checkpoints
+    sharded = tmp_path / "sharded"
+    assert main(run_args(images, sharded, 2, "batch_size=4", "run.parallel=fsdp")) == 0
+    assert load_checkpoint(sharded)["sharded"] == "step-00000002.dcp" and (sharded / "encoder.safetensors").exists()
+    assert main(run_args(images, sharded, 4, "batch_size=4", "run.resume=true")) == 2
+    assert "run.parallel=fsdp (sharded weights): resume with run.parallel=fsdp" in capsys.readouterr().err
     # a longer schedule continues from step 2
     assert main(run_args(images, run, 4, "batch_size=4", "run.resume=true")) == 0
     assert load_checkpoint(run)["step"] == 4
