@@ -231,8 +231,8 @@ def presets(args) -> None:
                     f"| {name}, {args.depth}+{args.depth} blocks | {setting} | {computed / GB:.2f} "
                     f"| {got / GB:.2f} | {got / computed:.2f} |"
                 )
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    print(f"64 images per GPU at 256 px, bf16 autocast, fused attention; activations measured on {device}")
+    gpu = f"; measured on {torch.cuda.get_device_name()}" if args.measure else ""
+    print(f"64 images per GPU at 256 px, bf16 autocast, fused attention; activations counted on the CPU{gpu}")
     print("\n".join(rows))
     if checks:
         print("\n| model | setting | computed (GB) | measured peak (GB) | measured / computed |\n|---|---|---|---|---|")

@@ -201,7 +201,7 @@ def _train(cfg, make_objective, env: distributed.DistEnv) -> int:
         sharded=sharded,
     )
     step = run.resume(ckpt) if ckpt is not None else 0
-    steps.wrap(model, env, device, sharded)
+    steps.wrap(model, env, device)
     steps.loader = make_loader(
         _dataset(sources, steps.plan, cfg.data.num_workers, step, steps.position, curation, env),
         cfg.data.num_workers,
@@ -331,7 +331,7 @@ class _Steps:
         self.cfg, self.env, self.objective, self.dtype = cfg, env, objective, dtype
         self.device = env.device
         self.wrapped = model  # what the loss is computed through (the DDP wrapper, or the model)
-        self.sharded = False
+        self.sharded = cfg.run.parallel == "fsdp"
         self.position = position
         self.plan = BatchPlan(
             micro,
@@ -349,10 +349,9 @@ class _Steps:
         self.loader = None
         self._batches = None
 
-    def wrap(self, model: nn.Module, env, device, sharded: bool) -> None:
+    def wrap(self, model: nn.Module, env, device) -> None:
         """Wrap for DDP after the weights are restored (an FSDP model is sharded in place)."""
-        self.sharded = sharded
-        if env.distributed and not sharded:
+        if env.distributed and not self.sharded:
             # The class token's gradient is a slice of the gradient of the concatenated class and
             # register tokens (timm's layout); DDP copies it into its bucket and warns once per rank.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
