@@ -233,11 +233,27 @@ class PixioPolicy(PreTrainedPolicy):
 
 
 def join_views(views: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """One frame's features from several cameras' (same frames, same order): global embeddings
-    concatenated (..., V*D), patch grids side by side (..., h, V*w, D)."""
-    if len(views) == 1:
-        return views[0]
-    return {k: torch.cat([v[k] for v in views], dim=-1 if k == "global" else -2) for k in views[0]}
+    """One frame's features from several cameras' (same frames, same order), as float32: global
+    embeddings concatenated (..., V*D), patch grids side by side (..., h, V*w, D). Each view is
+    copied once into the joined tensor, converting on the way: train-policy's cached features
+    arrive as float16, and converting then concatenating read and wrote them twice (the data
+    path was a third of a front + wrist training step)."""
+    joined = {}
+    for key in views[0]:
+        parts = [view[key] for view in views]
+        if len(parts) == 1:
+            joined[key] = parts[0].float()
+            continue
+        dim = -1 if key == "global" else -2
+        shape = list(parts[0].shape)
+        shape[dim] = sum(part.shape[dim] for part in parts)
+        out = parts[0].new_empty(shape, dtype=torch.float32)
+        start = 0
+        for part in parts:
+            out.narrow(dim, start, part.shape[dim]).copy_(part)
+            start += part.shape[dim]
+        joined[key] = out
+    return joined
 
 
 # ---- files ----------------------------------------------------------------------------------
