@@ -31,6 +31,11 @@ BUNDLED: dict[str, Bundled] = {
         "cff9390e62365deee4f256cbbb052771368e6753ec289e06f6ea73fe01f9d232",
         "Pixio ViT-N/16, 8 class tokens, 128x128, pre-trained by pretrain/ on frames rendered by envs/",
     ),
+    "sim_vitn16_v2": Bundled(
+        "sim_vitn16_v2.safetensors",
+        "9486535a30caac550863c0c2ae0e9fac1225e93265015d9ea36910cfb2238210",
+        "Pixio ViT-N/16 encoder v2: the sim_vitn16 recipe for 3x the steps (6000 x 64 images) on own-task frames",
+    ),
     "recon_sim_vitn16": Bundled(
         "recon_sim_vitn16.safetensors",
         "6d8b672bc424dc9aa460a57900cbfce8dd8e52e59300250a9d03ed8fc752ebcc",
