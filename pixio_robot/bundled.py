@@ -46,6 +46,11 @@ BUNDLED: dict[str, Bundled] = {
         "28ee469e8fd790016ea4a03aa20967205ec5fc11492e9d770c0d59575d71aeab",
         "monocular depth head (DPT, recon/) trained on RGB-D captures of envs/ over sim_vitn16",
     ),
+    "depth_sim_vitn16_v2": Bundled(
+        "depth_sim_vitn16_v2.safetensors",
+        "39ae76137e1ad7920ab9aa30bf6c7821165d365cc9c66b5d00b26154779fe465",
+        "the same monocular depth head (DPT), same data and recipe, over encoder v2 (sim_vitn16_v2)",
+    ),
 }
 
 _verified: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) of the file last verified

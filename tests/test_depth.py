@@ -252,15 +252,16 @@ def test_a_scene_folder_without_depth_is_refused_for_depth_training(data, tmp_pa
 # ---- the bundled head -------------------------------------------------------------------------
 
 
-def test_the_bundled_depth_head_is_accurate_on_fresh_scenes(tmp_path):
-    """`depth_sim_vitn16` on scenes it never saw (seeds >= 700000, the two tasks it was trained on)
-    through eval-depth: the bundled result (d1 0.98, abs_rel 0.056 over 120 views) within the
-    spread of a few views, far from an untrained head (d1 ~0.3)."""
+@pytest.mark.parametrize("head", ["depth_sim_vitn16", "depth_sim_vitn16_v2"])
+def test_the_bundled_depth_head_is_accurate_on_fresh_scenes(tmp_path, head):
+    """Each bundled DPT head on scenes it never saw (seeds >= 700000, the two tasks it was trained
+    on) through eval-depth: the bundled result (d1 0.98, abs_rel 0.053-0.056 over 120 views)
+    within the spread of a few views, far from an untrained head (d1 ~0.3)."""
     capture = ["capture", "views=4", "image_size=128", "expert_steps=0", "progress=false", "scenes=1"]
     for task in ("push", "stack"):
         assert main([*capture, f"env={task}", "seed=700123", f"out={tmp_path / task}"]) == 0
     result = tmp_path / "eval.json"
     data = f"data=[{tmp_path / 'push'},{tmp_path / 'stack'}]"
-    assert main(["eval-depth", "checkpoint=depth_sim_vitn16", data, f"out={result}", "progress=false"]) == 0
+    assert main(["eval-depth", f"checkpoint={head}", data, f"out={result}", "progress=false"]) == 0
     metrics = json.loads(result.read_text())
     assert metrics["views"] == 8 and metrics["d1"] > 0.93 and metrics["abs_rel"] < 0.1, metrics
