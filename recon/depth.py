@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def load_depth_model(checkpoint) -> tuple[DepthHead, PixioViT, str, tuple[int, i
     return head, encoder, sha, size_pair(meta["image_size"])
 
 
-def _taps(encoder, config) -> list[int]:
+def tap_blocks(encoder, config) -> list[int]:
+    """The encoder blocks a depth head reads: `depth.blocks` if given, else the official rule."""
+    if config.blocks is not None:
+        return encoder.block_indices(config.blocks)  # refuses blocks the encoder lacks, naming its range
     return encoder.dense_block_indices() if config.head == "dpt" else [len(encoder.blocks) - 1]
 
 
@@ -92,11 +96,17 @@ def _train(cfg: TrainDepthConfig) -> int:
         raise PixioError(f"out={out} holds something other than a depth run: choose another out= (nothing changed)")
     device = pick_device(cfg.device)
     scenes = load_scenes(cfg.data, size, geometry=True, limit=cfg.scenes, progress=cfg.progress, cameras=False)
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    encoder, info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
-    config = to_dict(cfg) | {"encoder_sha256": info["sha256"]}
-    ckpt = resume_checkpoint(out, config, RESUMABLE, "choose another out=") if list_checkpoints(out) else None
-    taps = _taps(encoder, cfg.depth)
+    try:
+        encoder, info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
+        config = to_dict(cfg) | {"encoder_sha256": info["sha256"]}
+        ckpt = resume_checkpoint(out, config, RESUMABLE, "choose another out=") if list_checkpoints(out) else None
+        taps = tap_blocks(encoder, cfg.depth)
+    except PixioError:
+        if fresh:  # a refused run leaves no folder behind (the random encoder is written into it)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     features, depth = _views(scenes, encoder, info["sha256"], size, device, taps, cfg.cache_dir, cfg.progress)
     if not bool(_loss_mask(depth, cfg.depth).any()):
         raise PixioError(f"no valid depth in {', '.join(cfg.data)} between depth.min_depth and depth.max_depth")
@@ -146,7 +156,7 @@ def evaluate_depth(checkpoint, data, scenes: int | None = None, cache_dir=None, 
     head, encoder, sha, size = load_depth_model(checkpoint)
     loaded = load_scenes(data, size, geometry=True, limit=scenes, progress=progress, cameras=False)
     dev = pick_device(device)
-    features, depth = _views(loaded, encoder, sha, size, dev, _taps(encoder, head.config), cache_dir, progress)
+    features, depth = _views(loaded, encoder, sha, size, dev, tap_blocks(encoder, head.config), cache_dir, progress)
     head = head.to(dev)
     with torch.no_grad():
         pred = torch.cat([head(features[i : i + 8].to(dev), size).cpu() for i in range(0, len(depth), 8)])
@@ -191,7 +201,7 @@ def predict_depth(
     for i, im in enumerate(images):
         check_image_sides(names[i] if names else f"image {i}", np.shape(im), size)
     dev = pick_device(device)
-    cache = TokenCache(encoder, sha, size, None, device=dev, taps=_taps(encoder, head.config))
+    cache = TokenCache(encoder, sha, size, None, device=dev, taps=tap_blocks(encoder, head.config))
     resized = np.stack([resize_view(im, None, None, size)[0] for im in images])
     with torch.no_grad():
         depth = torch.cat(

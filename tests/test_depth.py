@@ -105,6 +105,30 @@ def test_the_depth_taps_are_the_encoders_dense_features(data, linear_run):
     assert taps.shape == expected.shape and torch.allclose(taps, expected, atol=1e-5)
 
 
+def test_explicit_tap_blocks_are_saved_with_the_head_and_used_again(data, tmp_path):
+    """`depth.blocks` replaces the official tap rule (which takes blocks 0-3 of a 6-block ViT-N);
+    the head keeps its blocks, so eval-depth and `depth` tap the same ones."""
+    from recon.depth import load_depth_model, tap_blocks
+
+    out = tmp_path / "run"
+    assert main(depth_args(data, out, "steps=2", "depth.head=linear", "depth.blocks=[-3]")) == 0
+    head, encoder, _, _ = load_depth_model(out / "model.safetensors")
+    assert head.config.blocks == [-3] and tap_blocks(encoder, head.config) == [len(encoder.blocks) - 3]
+    assert encoder.dense_block_indices() == [0, 1, 2, 3]  # the official rule on this 6-block encoder
+
+
+@pytest.mark.parametrize(
+    "blocks, says", [("[1,2]", "depth.head=dpt taps 4 block(s)"), ("[1,2,4,9]", "block 9 does not exist")]
+)
+def test_tap_blocks_the_head_or_encoder_cannot_use_are_refused(data, tmp_path, capsys, blocks, says):
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(depth_args(data, out, "steps=2", f"depth.blocks={blocks}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not out.exists()
+
+
 def test_nyu_style_lists_train_and_evaluate_with_the_eigen_crop(data, tmp_path):
     split = nyu_style(tmp_path / "nyu")
     scenes = load_scenes([split], (64, 64), cameras=False)
