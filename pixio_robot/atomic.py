@@ -85,6 +85,24 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def run_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Create a run's folder for the setup inside the block (an encoder drawn into it, caches);
+    if the setup fails and the folder did not exist before, remove it, so a refused command
+    leaves nothing behind. A folder that existed (a resumed run) is never touched."""
+    import shutil
+
+    path = Path(path)
+    fresh = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

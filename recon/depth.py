@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pixio_robot.atomic import write_json
+from pixio_robot.atomic import run_folder, write_json
 from pixio_robot.bundled import bundled_path, is_bundled
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
@@ -96,17 +95,11 @@ def _train(cfg: TrainDepthConfig) -> int:
         raise PixioError(f"out={out} holds something other than a depth run: choose another out= (nothing changed)")
     device = pick_device(cfg.device)
     scenes = load_scenes(cfg.data, size, geometry=True, limit=cfg.scenes, progress=cfg.progress, cameras=False)
-    fresh = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with run_folder(out):  # a refused run leaves no folder behind (a random encoder is drawn into it)
         encoder, info = prepare_encoder(cfg.encoder, cfg.encoder_init, cfg.encoder_seed, out, size)
         config = to_dict(cfg) | {"encoder_sha256": info["sha256"]}
         ckpt = resume_checkpoint(out, config, RESUMABLE, "choose another out=") if list_checkpoints(out) else None
         taps = tap_blocks(encoder, cfg.depth)
-    except PixioError:
-        if fresh:  # a refused run leaves no folder behind (the random encoder is written into it)
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     features, depth = _views(scenes, encoder, info["sha256"], size, device, taps, cfg.cache_dir, cfg.progress)
     if not bool(_loss_mask(depth, cfg.depth).any()):
         raise PixioError(f"no valid depth in {', '.join(cfg.data)} between depth.min_depth and depth.max_depth")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pixio_robot.atomic import write_json
+from pixio_robot.atomic import run_folder, write_json
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
@@ -99,8 +99,10 @@ def _train(cfg: TrainReconConfig) -> int:
     device = pick_device(cfg.device)
     scenes = load_scenes(cfg.data, size, geometry=True, min_views=2, limit=cfg.scenes, progress=cfg.progress)
     val_scenes = load_scenes(cfg.val, size, geometry=True, min_views=2, progress=cfg.progress) if cfg.val else []
-    out.mkdir(parents=True, exist_ok=True)
-    tokens, val_tokens, encoder_info = _tokens(cfg, out, size, scenes, val_scenes, device, resuming=ckpt is not None)
+    with run_folder(out):  # a refused run leaves no folder behind (a random encoder is drawn into it)
+        tokens, val_tokens, encoder_info = _tokens(
+            cfg, out, size, scenes, val_scenes, device, resuming=ckpt is not None
+        )
 
     torch.manual_seed(cfg.seed)
     model = ReconModel(cfg.recon, tokens[0].shape[-1], 16).to(device)

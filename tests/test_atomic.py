@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from pixio_robot.atomic import atomic_dir, atomic_path, write_bytes
+from pixio_robot.atomic import atomic_dir, atomic_path, run_folder, write_bytes
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -38,3 +38,17 @@ def test_next_write_removes_what_a_killed_write_left(tmp_path):
     with atomic_path(tmp_path / "model.bin") as tmp:
         tmp.write_bytes(b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-lastly.keep", "last", "model.bin"]
+
+
+def test_a_run_folder_goes_again_only_if_its_setup_failed_and_it_was_new(tmp_path):
+    new, old = tmp_path / "a" / "new", tmp_path / "old"
+    old.mkdir()
+    (old / "keep.txt").write_text("x")
+    for folder in (new, old):
+        with pytest.raises(ValueError), run_folder(folder) as f:
+            (f / "encoder.safetensors").write_bytes(b"")
+            raise ValueError("refused")
+    assert not new.exists() and (old / "keep.txt").is_file()
+    with run_folder(new) as f:
+        (f / "ok").write_text("")
+    assert (new / "ok").is_file()

@@ -341,3 +341,14 @@ def test_the_pose_path_learns_two_scenes_until_it_overfits_them(data, trained):
         optimizer.step()
     assert untrained < 5 and terms["rotation"] < 0.2, (untrained, terms)
     assert auc(model) > 20, auc(model)
+
+
+def test_a_refused_run_leaves_no_folder_and_a_resumed_one_keeps_its_own(data, trained, tmp_path, capsys):
+    """An encoder the toolkit cannot build is refused after the run folder is made (a random
+    encoder is drawn into it): the new folder goes again, an existing run is left as it was."""
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "steps=2", "encoder=vitn99")) == 2
+    assert "unknown encoder size 'vitn99'" in capsys.readouterr().err and not out.exists()
+    before = sorted(p.name for p in trained.iterdir())
+    assert main(train_args(data, trained, "steps=60", "save_every=30", "encoder=vitn99")) == 2
+    assert sorted(p.name for p in trained.iterdir()) == before
