@@ -126,19 +126,21 @@ def hemisphere_poses(
     rng: np.random.Generator,
     radius: tuple[float, float] = (0.7, 1.1),
     elevation_deg: tuple[float, float] = (20.0, 70.0),
-    azimuth_deg: tuple[float, float] = (0.0, 360.0),
+    azimuth_span: float = 360.0,
     target_jitter: float = 0.05,
 ) -> list[np.ndarray]:
     """`n` OpenCV camera-to-world poses on a hemisphere around `center`, looking near it.
 
-    Azimuths are spread evenly (with a random offset and small jitter) so views cover the scene.
+    Azimuths are spread evenly (with small jitter) over an arc of `azimuth_span` degrees that
+    starts at a random azimuth: 360 surrounds the scene, a narrower arc gives views that overlap
+    (what two-view pose estimation needs, and what a camera moved around a robot sees).
     """
     center = np.asarray(center, dtype=np.float64)
     start = rng.uniform(0, 360)
-    span = azimuth_deg[1] - azimuth_deg[0]
+    span = float(azimuth_span)
     poses = []
     for i in range(n):
-        az = math.radians(azimuth_deg[0] + (start + span * i / n + rng.uniform(-0.3, 0.3) * span / n) % span)
+        az = math.radians((start + span * i / n + rng.uniform(-0.3, 0.3) * span / n) % 360)
         el = math.radians(rng.uniform(*elevation_deg))
         r = rng.uniform(*radius)
         eye = center + r * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])

@@ -20,7 +20,8 @@ Cameras follow OpenCV (x right, y down, z forward); the world is z-up in metres 
 at the centre of the table top. A world point p seen at pixel (u, v) with depth z satisfies
 z * [u, v, 1] = K @ R^T (p - t) for cam2world = [[R, t], [0, 1]], pixel centres at integers.
 Views lie on a hemisphere around the workspace (random radius, elevation and azimuth, spread
-evenly around), looking near its centre. A scene folder appears complete or not at all.
+evenly around, or over an `azimuth_span` arc from a random start), looking near its centre. A
+scene folder appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -108,18 +109,35 @@ def _read_capture(root: Path) -> dict:
     return meta
 
 
+def check_options(spec: EnvSpec, views: int, radius, elevation, fovy: float, azimuth_span: float) -> None:
+    """Refuses (one line) what no capture can be made with; before any folder is made."""
+    if spec.id == METAWORLD_ID:
+        raise PixioError("capture works on the own tasks (reach, push, pick_place, stack, drawer_open)")
+    if not 1 <= views <= 256:
+        raise PixioError(f"views={views}: use 1 to 256")
+    if not (0 < radius[0] <= radius[1] and 0 <= elevation[0] <= elevation[1] <= 90 and 5 <= fovy <= 150):
+        raise PixioError(f"radius={radius}, elevation={elevation}, fovy={fovy}: give increasing ranges (0-90 deg)")
+    if not 0 < azimuth_span <= 360:
+        raise PixioError(f"azimuth_span={azimuth_span:g}: give an arc of more than 0 and at most 360 degrees")
+
+
 class SceneCapturer:
     """Renders scenes of one environment from `views` hemisphere cameras."""
 
-    def __init__(self, spec: EnvSpec, views: int, image_size, radius, elevation, fovy: float, expert_steps: int):
+    def __init__(
+        self,
+        spec: EnvSpec,
+        views: int,
+        image_size,
+        radius,
+        elevation,
+        fovy: float,
+        expert_steps: int,
+        azimuth_span: float = 360.0,
+    ):
         from .cameras import CameraRig, check_image_size
 
-        if spec.id == METAWORLD_ID:
-            raise PixioError("capture works on the own tasks (reach, push, pick_place, stack, drawer_open)")
-        if not 1 <= views <= 256:
-            raise PixioError(f"views={views}: use 1 to 256")
-        if not (0 < radius[0] <= radius[1] and 0 <= elevation[0] <= elevation[1] <= 90 and 5 <= fovy <= 150):
-            raise PixioError(f"radius={radius}, elevation={elevation}, fovy={fovy}: give increasing ranges (0-90 deg)")
+        check_options(spec, views, radius, elevation, fovy, azimuth_span)
         self.spec = spec.replace(cameras=None, extra_cameras=views)
         self.env = self.spec.make()
         self.base = self.env.unwrapped
@@ -129,6 +147,7 @@ class SceneCapturer:
             self.base.model.cam_fovy[self.base.model.camera(name).id] = fovy
         self.rig = CameraRig(self.base.model, {n: self.size for n in self.names}, depth=True, segmentation=True)
         self.radius, self.elevation, self.expert_steps = tuple(radius), tuple(elevation), int(expert_steps)
+        self.azimuth_span = float(azimuth_span)
         from .experts import make_expert
 
         self.expert = make_expert(self.env)
@@ -144,7 +163,7 @@ class SceneCapturer:
             obs, _, terminated, truncated, _ = env.step(self.expert(obs))
             if terminated or truncated:
                 break
-        poses = hemisphere_poses(len(self.names), CENTER, rng, self.radius, self.elevation)
+        poses = hemisphere_poses(len(self.names), CENTER, rng, self.radius, self.elevation, self.azimuth_span)
         for name, pose in zip(self.names, poses, strict=True):
             base.place_camera(name, pose)
         images = self.rig.render(base.data)
@@ -226,7 +245,8 @@ def capture(cfg) -> int:
     spec = EnvSpec.parse(cfg.env, **{**cfg.env_options(), "cameras": None})
     root = Path(cfg.out)
     size = cfg.image_size if cfg.image_width is None else (cfg.image_size, cfg.image_width)
-    rest = (cfg.views, size, list(cfg.radius), list(cfg.elevation), cfg.fovy, cfg.expert_steps)
+    rest = (cfg.views, size, list(cfg.radius), list(cfg.elevation), cfg.fovy, cfg.expert_steps, cfg.azimuth_span)
+    check_options(spec, cfg.views, cfg.radius, cfg.elevation, cfg.fovy, cfg.azimuth_span)
     if root.exists() and not root.is_dir():
         raise PixioError(f"{root} is a file: give a folder for the capture (nothing was changed)")
     if root.is_dir() and any(root.iterdir()):
@@ -273,8 +293,8 @@ def capture(cfg) -> int:
 
 
 def _options(rest) -> dict:
-    views, size, radius, elevation, fovy, expert_steps = rest
-    return {
+    views, size, radius, elevation, fovy, expert_steps, azimuth_span = rest
+    options = {
         "views": views,
         "image_size": list(size) if not isinstance(size, int) else [size, size],
         "radius": radius,
@@ -282,6 +302,9 @@ def _options(rest) -> dict:
         "fovy_deg": fovy,
         "expert_steps": expert_steps,
     }
+    if azimuth_span != 360:  # only when set, so that folders captured before the option still append
+        options["azimuth_span_deg"] = azimuth_span
+    return options
 
 
 def _record(root: Path, meta: dict, folder: str, seed: int) -> None:

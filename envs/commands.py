@@ -73,6 +73,9 @@ class CaptureConfig(EnvOptions):
     radius: list[float] = field(default_factory=lambda: [0.6, 1.0], metadata={"help": "camera distance range (m)"})
     elevation: list[float] = field(default_factory=lambda: [20.0, 70.0], metadata={"help": "elevation range (deg)"})
     fovy: float = field(default=50.0, metadata={"help": "vertical field of view of the views (deg)"})
+    azimuth_span: float = field(
+        default=360.0, metadata={"help": "views spread over an arc this wide (deg; 360: all around the scene)"}
+    )
     expert_steps: int = field(default=20, metadata={"help": "run the expert up to this many steps first"})
     workers: int = field(default=1, metadata={"help": "parallel processes"})
     append: bool = field(default=False, metadata={"help": "add scenes to an existing capture folder"})

@@ -85,3 +85,30 @@ def test_append_continues_and_other_folders_are_refused(capture_dir, tmp_path, c
     assert main([*CAPTURE, "scenes=1", f"out={other}"]) == 2
     assert [p.name for p in other.iterdir()] == ["a.txt"]
     assert main([*CAPTURE, "env=metaworld/hammer", "scenes=1", f"out={tmp_path / 'mw'}"]) == 2
+
+
+def _azimuths(poses, center) -> np.ndarray:
+    eyes = np.array([p[:3, 3] for p in poses]) - np.asarray(center)
+    return np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0]))
+
+
+def test_azimuth_span_keeps_views_on_one_arc():
+    from envs.cameras import hemisphere_poses
+
+    center = np.zeros(3)
+    for seed in range(20):
+        poses = hemisphere_poses(6, center, np.random.default_rng(seed), azimuth_span=90, target_jitter=0)
+        az = _azimuths(poses, center)
+        offsets = (az - az[0] + 180) % 360 - 180  # signed, relative to the first view
+        # evenly spread over the arc: 15 degrees apart, +-0.3 of a step of jitter on each view
+        assert np.all(offsets[1:] > 0) and offsets.max() < 90 and np.all(np.diff(offsets) > 15 * 0.39)
+    # the default surrounds the scene: the same draws as before the option existed
+    az = _azimuths(hemisphere_poses(4, center, np.random.default_rng(0), target_jitter=0), center)
+    gaps = np.sort((az - az[0]) % 360)  # 90 degrees apart, each view +-27
+    assert np.diff(gaps).min() > 36 and gaps[-1] > 216
+
+
+def test_capture_refuses_an_azimuth_span_outside_0_360(tmp_path, capsys):
+    out = tmp_path / "arc"
+    assert main([*CAPTURE, "scenes=1", "azimuth_span=0", f"out={out}"]) == 2
+    assert "azimuth_span=0" in capsys.readouterr().err and not out.exists()
