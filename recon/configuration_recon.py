@@ -23,6 +23,12 @@ class ReconConfig:
     num_heads: int = field(default=4, metadata={"help": "attention heads"})
     mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width / dim in each block"})
     head_hidden: int = field(default=256, metadata={"help": "hidden width of the dense, pose and scale heads"})
+    # Where each view's pose is predicted. "reference": directly in view 0's frame (view 0 fixed
+    # to the identity), as MapAnything states its output. "shared": in a frame the views agree
+    # on through the global blocks, then expressed relative to view 0 (inv(P_0) P_i). Each view
+    # can then read its pose from its own image (where the robot and table are) and the head
+    # need not learn to subtract view 0's pose inside an MLP (README, reconstruction).
+    pose_frame: str = field(default="shared", metadata={"help": "shared or reference (see the README)"})
     # Known intrinsics enter as the pixel rays they imply, patchified and added to the tokens.
     # Training drops them with this probability so one model serves both cases.
     intrinsics_dropout: float = field(default=0.5, metadata={"help": "chance of hiding known intrinsics per view"})
@@ -47,6 +53,8 @@ class ReconConfig:
             )
         if self.depth < 1:
             raise PixioError(f"recon.depth={self.depth}: use at least 1 block (even blocks are global)")
+        if self.pose_frame not in ("reference", "shared"):
+            raise PixioError(f"recon.pose_frame={self.pose_frame!r}: choose reference or shared")
         if not 0.0 <= self.intrinsics_dropout <= 1.0:
             raise PixioError(f"recon.intrinsics_dropout={self.intrinsics_dropout}: give a probability in [0, 1]")
         if self.robust_alpha <= 0 or self.robust_alpha == 2 or self.robust_c <= 0:
@@ -64,4 +72,5 @@ class ReconConfig:
             raise PixioError(
                 f"unknown recon config keys {sorted(unknown)}: was the checkpoint written by a newer version?"
             )
-        return cls(**values).check()
+        # Heads saved before `pose_frame` existed predicted poses in view 0's frame.
+        return cls(**{"pose_frame": "reference", **values}).check()

@@ -56,6 +56,25 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     return torch.where(q[..., 3:] < 0, -q, q)
 
 
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product a * b of scalar-last quaternions (..., 4): the rotation b, then a."""
+    (ax, ay, az, aw), (bx, by, bz, bw) = a.unbind(-1), b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ],
+        dim=-1,
+    )
+
+
+def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
+    """The inverse rotation of unit quaternions (..., 4) scalar-last."""
+    return torch.cat([-q[..., :3], q[..., 3:]], dim=-1)
+
+
 def rotation_angle(R: torch.Tensor) -> torch.Tensor:
     """Angle (radians) of rotation matrices (..., 3, 3), accurate near 0 and pi."""
     # atan2(|axis * sin|, cos) avoids acos's loss of precision at small angles.

@@ -175,6 +175,10 @@ class ReconModel(nn.Module):
     def _poses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.pose_head(x.mean(2))  # (B, V, 7)
         trans, quat = raw[..., :3], F.normalize(raw[..., 3:], dim=-1)
+        if self.config.pose_frame == "shared":  # inv(P_0) P_i: view 0's pose becomes the identity
+            q0, t0 = quat[:, :1], trans[:, :1]
+            trans = (geometry.quat_to_matrix(q0).transpose(-1, -2) @ (trans - t0)[..., None])[..., 0]
+            quat = geometry.quat_multiply(geometry.quat_conjugate(q0), quat)
         # View 0 defines the frame: its pose is the identity, not something to learn.
         identity = torch.tensor([0.0, 0.0, 0.0, 1.0], device=x.device, dtype=quat.dtype)
         quat = torch.cat([identity.expand_as(quat[:, :1]), quat[:, 1:]], dim=1)

@@ -52,6 +52,27 @@ def test_other_views_are_exchangeable_but_view_0_is_marked(model):
     assert not torch.allclose(moved.depth[:, 0], out.depth[:, 1], atol=1e-4)
 
 
+def test_shared_pose_frame_is_each_views_own_pose_relative_to_view_0():
+    torch.manual_seed(0)
+    shared = ReconModel(ReconConfig(dim=32, depth=2, num_heads=2, head_hidden=32, pose_frame="shared"), 24)
+    with torch.no_grad():
+        for p in shared.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    tokens = torch.randn(2, 3, 2, 2, 24)
+    captured = {}
+    shared.pose_head.register_forward_hook(lambda mod, inp, out: captured.update(raw=out))
+    out = shared(tokens)
+    raw = captured["raw"]  # (B, V, 7): each view's pose in the frame the views share
+    own = geometry.pose_matrix(torch.nn.functional.normalize(raw[..., 3:], dim=-1), raw[..., :3])
+    assert torch.allclose(out.cam2world(), geometry.relative_to_first(own), atol=1e-5)
+    assert not torch.allclose(out.cam2world()[:, 1], own[:, 1], atol=1e-3)  # not the raw pose itself
+    # a head saved before the option existed predicted poses in view 0's frame
+    old = {k: v for k, v in TINY.to_dict().items() if k != "pose_frame"}
+    assert ReconConfig.from_dict(old).pose_frame == "reference"
+    with pytest.raises(PixioError, match="pose_frame"):
+        ReconConfig(pose_frame="world").check()
+
+
 def test_known_intrinsics_enter_the_tokens_and_fix_the_rays(model):
     tokens = torch.randn(1, 2, 2, 3, 24)
     K = torch.from_numpy(intrinsics(50.0, 32, 48)).float().expand(1, 2, 3, 3)
