@@ -377,7 +377,8 @@ def _summary_text(s: dict) -> str:
         f"  policy      {s['task']}: {s['success_rate']:.0%} success over {s['episodes']} held-out episodes "
         f"(95% interval {lo:.0%}-{hi:.0%}), mean length {s['mean_length']:.0f} steps",
         f"  recon       {m['views']} views: points rel {m['points_rel']:.3f}, depth rel {m['depth_rel']:.3f}, "
-        f"pose AUC@5 {m['pose_auc5']:.1f}, Chamfer {100 * m['chamfer']:.1f} cm, F-score@1cm {m['fscore']:.1f}%",
+        f"pose AUC@5 {m['pose_auc5']:.1f} (@30 {m.get('pose_auc30', float('nan')):.1f}), "
+        f"Chamfer {100 * m['chamfer']:.1f} cm, F-score@1cm {m['fscore']:.1f}%",
         f"  depth       {d['views']} views, one image each: d1 {d['d1']:.3f}, abs_rel {d['abs_rel']:.3f}, "
         f"rmse {100 * d['rmse']:.1f} cm",
         f"  look at     uv run pixio-robot view {f['scene_recording']}",

@@ -29,7 +29,7 @@ from pixio_robot.errors import PixioError
 from .commands import EvalReconConfig
 from .data import SceneData, load_scenes
 from .infer import Reconstructor
-from .metrics import average, cloud_metrics, format_table, set_metrics
+from .metrics import average, cloud_metrics, format_table, pose_extras, set_metrics
 from .sampling import collate, fixed_view_sets
 from .tokens import default_cache_dir
 
@@ -69,6 +69,8 @@ def evaluate(
                 tgt.cam2world[0].double().numpy(),
                 tgt.valid[0].numpy(),
             )
+            if math.isfinite(row["pose_auc5"]):  # NaN: a view without ground truth, or 1 view
+                row |= pose_extras(out.cam2world()[0].double().cpu().numpy(), tgt.cam2world[0].double().numpy())
             rng = np.random.default_rng([seed, n, k])
             pred = out.points(metric=True)[0][out.mask_logits[0] > 0].double().cpu().numpy()
             gt = tgt.points()[0][tgt.valid[0]].double().numpy()

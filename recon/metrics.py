@@ -35,6 +35,9 @@ from pixio_robot.deps import open3d
 
 METRICS = ("scale_rel", "points_rel", "points_tau", "pose_auc5", "depth_rel", "depth_tau")
 CLOUD_METRICS = ("chamfer", "fscore")
+# Beside MapAnything's AUC@5, two pose read-outs that still move while every pair is off by
+# more than 5 degrees: AUC@30 (as DUSt3R/VGGT report it) and the median rotation error.
+POSE_EXTRAS = ("pose_auc30", "rot_err")
 LABELS = {
     "scale_rel": "Scale rel",
     "points_rel": "Points rel",
@@ -44,6 +47,8 @@ LABELS = {
     "depth_tau": "Depth tau@1.03",
     "chamfer": "Chamfer (m)",
     "fscore": "F-score@1cm",
+    "pose_auc30": "Pose AUC@30",
+    "rot_err": "Rot. err (deg)",
 }
 
 
@@ -187,6 +192,12 @@ def set_metrics(
     return {k: out[k] for k in METRICS}
 
 
+def pose_extras(pred_c2w: np.ndarray, gt_c2w: np.ndarray) -> dict[str, float]:
+    """Pose AUC@30 and the median rotation error (degrees) over the pairs of one view set."""
+    rot, trans = relative_pose_errors(pred_c2w, gt_c2w)
+    return {"pose_auc30": pose_auc(rot, trans, max_deg=30), "rot_err": float(np.median(rot))}
+
+
 def cloud_metrics(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.01) -> dict[str, float]:
     """Chamfer distance (mean of the two directions' mean nearest-neighbour distances) and
     F-score at `threshold` (harmonic mean of precision and recall within it) of two (N, 3)
@@ -210,7 +221,7 @@ def cloud_metrics(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.01) -> 
 
 def average(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over sets, ignoring sets where it is undefined (NaN)."""
-    keys = [k for k in (*METRICS, *CLOUD_METRICS) if any(k in r for r in rows)]
+    keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in rows)]
     out = {}
     for k in keys:
         values = np.array([r.get(k, math.nan) for r in rows], np.float64)
@@ -220,7 +231,7 @@ def average(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def format_table(results: dict[str, dict[str, float]], title: str = "views") -> str:
     """Rows per setting (e.g. '2 views'), columns the metrics, as a Markdown table."""
-    keys = [k for k in (*METRICS, *CLOUD_METRICS) if any(k in r for r in results.values())]
+    keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in results.values())]
     lines = [f"| {title} | " + " | ".join(LABELS[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in results.items():
         cells = [_cell(k, row.get(k, math.nan)) for k in keys]
@@ -231,6 +242,6 @@ def format_table(results: dict[str, dict[str, float]], title: str = "views") -> 
 def _cell(key: str, value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
-    if key in ("points_tau", "depth_tau", "pose_auc5", "fscore"):
+    if key in ("points_tau", "depth_tau", "pose_auc5", "fscore", "pose_auc30", "rot_err"):
         return f"{value:.1f}"
     return f"{value:.4f}" if key == "chamfer" else f"{value:.3f}"

@@ -120,6 +120,21 @@ def test_a_known_rotation_error_gives_the_known_auc(scene):
     assert set_metrics(world, cam, 1.0, pred, world, cam, c2w, valid)["pose_auc5"] == pytest.approx(expected)
 
 
+def test_pose_extras_of_a_known_rotation_error(scene):
+    from recon.metrics import pose_extras
+
+    cam, world, c2w, valid = scene
+    pred = c2w.copy()
+    pred[1, :3, :3] = c2w[1, :3, :3] @ rot_z(12.5)  # beyond AUC@5's reach, inside AUC@30's
+    extras = pose_extras(pred, c2w)
+    assert extras["rot_err"] == pytest.approx(12.5, abs=1e-9)  # median of 12.5, 0 and 12.5
+    rot, trans = relative_pose_errors(pred, c2w)
+    err = np.maximum(rot, trans)  # the pair (0,2) is exact, the two others 12.5 degrees off
+    assert err[1] == pytest.approx(0, abs=1e-6) and err[0] == pytest.approx(12.5) and err[2] == pytest.approx(12.5)
+    # 30 bins: the exact pair in all 30, the two others from bin 13 on: (30 + 2 * 18) / 90
+    assert extras["pose_auc30"] == pytest.approx(100 * (30 + 2 * 18) / 90)
+
+
 def test_translation_direction_error_counts():
     gt = np.stack([pose(), pose(t=(1.0, 0, 0))])
     pred = np.stack([pose(), pose(t=(math.cos(math.radians(10)), math.sin(math.radians(10)), 0))])
