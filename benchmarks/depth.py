@@ -1,7 +1,7 @@
 """Monocular depth inference: images/s and peak memory, image in, metric depth out.
 
 Two settings, timed alternately in one process (median of the repetitions): the bundled pair
-(`sim_vitn16` + `depth_sim_vitn16`, 128x128) and a vitb16 encoder with a DPT head of the
+(`sim_vitn16_v2` + `depth_sim_vitn16_v2`, 128x128) and a vitb16 encoder with a DPT head of the
 official widths (features 256, reassemble [256, 512, 1024, 1024]) at 256x256, random weights.
 Each time covers the encoder's four taps and the head. Memory: each setting in a fresh process;
 on CPU its peak resident set size and the part above the process with the models loaded (what
@@ -40,7 +40,7 @@ def build(setting: str, device: str):
     """(encoder, head, image size) of a setting, in eval mode on `device`."""
     torch.manual_seed(0)
     if setting == "bundled":
-        head, encoder, _, (size, _) = load_depth_model("depth_sim_vitn16")
+        head, encoder, _, (size, _) = load_depth_model("depth_sim_vitn16_v2")
     else:
         size = 256
         encoder = create_encoder("vitb16", img_size=size)

@@ -30,9 +30,11 @@ class DemoConfig:
     episodes: int = field(default=50, metadata={"help": "evaluation episodes (held-out seeds)"})
     views: int = field(default=4, metadata={"help": "views of the reconstructed scene"})
     image_size: int = field(default=128, metadata={"help": "camera images (pixels, square)"})
-    encoder: str = field(default="sim_vitn16", metadata={"help": "encoder of the policy (bundled name or file)"})
-    recon_head: str = field(default="recon_sim_vitn16", metadata={"help": "reconstruction head (bundled name or file)"})
-    depth_head: str = field(default="depth_sim_vitn16", metadata={"help": "depth head (bundled name or file)"})
+    encoder: str = field(default="sim_vitn16_v2", metadata={"help": "encoder of the policy (bundled name or file)"})
+    recon_head: str = field(
+        default="recon_sim_vitn16_v2", metadata={"help": "reconstruction head (bundled name or file)"}
+    )
+    depth_head: str = field(default="depth_sim_vitn16_v2", metadata={"help": "depth head (bundled name or file)"})
     workers: int = field(default=2, metadata={"help": "environment processes (collection, evaluation)"})
     seed: int = field(default=0, metadata={"help": "seed of training and of the reconstructed scene"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})

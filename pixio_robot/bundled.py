@@ -41,6 +41,11 @@ BUNDLED: dict[str, Bundled] = {
         "6d8b672bc424dc9aa460a57900cbfce8dd8e52e59300250a9d03ed8fc752ebcc",
         "reconstruction head (recon/) trained on multi-view captures of envs/ over sim_vitn16",
     ),
+    "recon_sim_vitn16_v2": Bundled(
+        "recon_sim_vitn16_v2.safetensors",
+        "5cc0534cfb5a36b3d2bf681234492d279fec4eca46a83a890af6559c54da801b",
+        "reconstruction head v2 (poses in a shared frame, 2000 scenes) over encoder v2 (sim_vitn16_v2)",
+    ),
     "depth_sim_vitn16": Bundled(
         "depth_sim_vitn16.safetensors",
         "28ee469e8fd790016ea4a03aa20967205ec5fc11492e9d770c0d59575d71aeab",

@@ -97,7 +97,7 @@ class CompareConfig:
 
 @dataclass
 class ProbeConfig:
-    encoder: str = field(default="sim_vitn16", metadata={"help": "Pixio checkpoint, bundled name or size name"})
+    encoder: str = field(default="sim_vitn16_v2", metadata={"help": "Pixio checkpoint, bundled name or size name"})
     env: str = field(default="push", metadata={"help": "environment whose reset scenes are rendered"})
     difficulty: str | None = field(default=None, metadata={"help": "own tasks: benchmark (default) or hard"})
     scenes: int = field(default=1000, metadata={"help": "scenes rendered (seeds from `seed` on)"})

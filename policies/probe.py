@@ -8,7 +8,7 @@ coordinate in centimetres, says how precisely a linear read-out of the frozen fe
 localise the objects; policies need about 1-2 cm. The same architecture random-initialised,
 and predicting the training mean, are the two baselines it is read against.
 
-    pixio-robot probe encoder=sim_vitn16 env=push scenes=1000 out=probe.json
+    pixio-robot probe encoder=sim_vitn16_v2 env=push scenes=1000 out=probe.json
 
 Ridge regression is solved in its dual form (an n x n linear kernel, so a 200k-wide token map
 costs no more than a short one) on standardised features; the penalty is chosen per target by

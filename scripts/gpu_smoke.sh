@@ -24,7 +24,7 @@ for i in range(64):
 PY
 
 step "features (bundled encoder, cuda)"
-$PR features "$W/imgs" checkpoint=sim_vitn16 device=cuda out="$W/feats.safetensors"
+$PR features "$W/imgs" checkpoint=sim_vitn16_v2 device=cuda out="$W/feats.safetensors"
 
 step "pretrain (vitn16_128 preset, cuda, bf16, 20 steps, then resumed to 30)"
 $PR pretrain pretrain=vitn16_128 "data.sources=[$W/imgs]" schedule.steps=20 schedule.warmup_steps=2 \
@@ -39,15 +39,15 @@ $PR pretrain pretrain=vitn16_128 "data.sources=[$W/imgs]" schedule.steps=5 sched
 if python3 -c "import mujoco, lerobot" 2>/dev/null; then
   step "collect, train-policy (chunking head) and eval-policy on cuda"
   $PR collect env=push episodes=4 image_size=64 out="$W/push" progress=false
-  $PR train-policy dataset="$W/push" encoder=sim_vitn16 head=chunking head.chunk_size=4 epochs=2 \
+  $PR train-policy dataset="$W/push" encoder=sim_vitn16_v2 head=chunking head.chunk_size=4 epochs=2 \
       device=cuda out="$W/policy" progress=false
   $PR eval-policy policy="$W/policy/checkpoints/best" episodes=2 workers=1 device=cuda out="$W/eval" progress=false
   step "capture, train-recon, recon on cuda"
   $PR capture env=stack scenes=4 views=2 image_size=64 out="$W/scenes" progress=false
-  $PR train-recon "data=[$W/scenes]" encoder=sim_vitn16 steps=5 device=cuda out="$W/recon" progress=false
+  $PR train-recon "data=[$W/scenes]" encoder=sim_vitn16_v2 steps=5 device=cuda out="$W/recon" progress=false
   $PR recon "$W/scenes/scene_000000/rgb" checkpoint="$W/recon/model.safetensors" device=cuda out="$W/scene.ply"
   step "train-depth (DPT head) and eval-depth on cuda"
-  $PR train-depth "data=[$W/scenes]" encoder=sim_vitn16 image_size=64 steps=5 device=cuda out="$W/depth" progress=false
+  $PR train-depth "data=[$W/scenes]" encoder=sim_vitn16_v2 image_size=64 steps=5 device=cuda out="$W/depth" progress=false
   $PR eval-depth checkpoint="$W/depth/model.safetensors" "data=[$W/scenes]" device=cuda progress=false
 else
   echo "== skipped: collect, train-policy, eval-policy, capture, train-recon, recon, train-depth, eval-depth (mujoco/lerobot not installed here)"

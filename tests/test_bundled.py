@@ -39,3 +39,21 @@ def test_changed_or_missing_bundled_file_is_refused(tmp_path, monkeypatch):
         pixio_robot.load_encoder("sim_vitn16")
     with pytest.raises(PixioError, match="are missing"):
         bundled.bundled_path("recon_sim_vitn16")
+
+
+def test_demo_defaults_are_heads_trained_on_the_default_encoder():
+    # The demo's policy, reconstruction and depth stages must all read the same frozen encoder:
+    # a head trained on another encoder's tokens would run, and silently reconstruct garbage.
+    import json
+
+    from safetensors import safe_open
+
+    from demo.commands import DemoConfig
+    from policies.commands import ProbeConfig
+
+    cfg = DemoConfig()
+    assert cfg.encoder == ProbeConfig().encoder == "sim_vitn16_v2"
+    for head in (cfg.recon_head, cfg.depth_head):
+        with safe_open(str(bundled.bundled_path(head)), "pt") as f:
+            recorded = json.loads(f.metadata()["encoder"])
+        assert recorded["sha256"] == bundled.BUNDLED[cfg.encoder].sha256, head
