@@ -596,17 +596,22 @@ class Run:
             self.export(step)
 
 
-def resume_checkpoint(run_dir: Path, config: dict, may_change: Collection[str], option_hint: str) -> dict | None:
+def resume_checkpoint(
+    run_dir: Path, config: dict, may_change: Collection[str], option_hint: str, added: dict | None = None
+) -> dict | None:
     """The run folder's latest checkpoint if its options agree with `config` (except
-    `may_change`); None when there is none. `option_hint` names what to do otherwise."""
+    `may_change`); None when there is none. `option_hint` names what to do otherwise. `added`:
+    dotted options a job introduced after runs may have been saved, with the value those runs
+    had, so that an older run is compared (and its refusal worded) as what it was."""
     path = latest_checkpoint(run_dir)
     if path is None:
         return None
     ckpt = _read(path)
-    changed = changed_options(json.loads(ckpt["config"]), config, may_change)
+    saved_config = {**(added or {}), **flat(json.loads(ckpt["config"]))}
+    changed = changed_options(saved_config, config, may_change)
     if changed:
         k = changed[0]
-        saved, now = flat(json.loads(ckpt["config"])).get(k), flat(config).get(k)
+        saved, now = saved_config.get(k), flat(config).get(k)
         raise PixioError(
             f"cannot resume {run_dir}: it was started with {k}={saved!r}, this command has {k}={now!r}; keep the "
             f"run's options or {option_hint} (may change: {', '.join(sorted(may_change))})"

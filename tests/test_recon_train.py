@@ -352,3 +352,22 @@ def test_a_refused_run_leaves_no_folder_and_a_resumed_one_keeps_its_own(data, tr
     before = sorted(p.name for p in trained.iterdir())
     assert main(train_args(data, trained, "steps=60", "save_every=30", "encoder=vitn99")) == 2
     assert sorted(p.name for p in trained.iterdir()) == before
+
+
+def test_a_run_saved_before_pose_frame_resumes_as_reference(data, trained, tmp_path, capsys):
+    """Runs started before `recon.pose_frame` existed predicted poses in view 0's frame: a resume
+    compares them as `reference` and says so, instead of refusing with a value nobody can pass."""
+    import shutil
+
+    from pixio_robot.harness import latest_checkpoint
+
+    old = tmp_path / "old_run"
+    shutil.copytree(trained, old)
+    path = latest_checkpoint(old)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = json.loads(ckpt["config"])
+    del config["recon"]["pose_frame"]
+    torch.save(ckpt | {"config": json.dumps(config)}, path)
+    assert main(train_args(data, old, "steps=61", "save_every=30")) == 2
+    assert "started with recon.pose_frame='reference'" in capsys.readouterr().err
+    assert main(train_args(data, old, "steps=61", "save_every=30", "recon.pose_frame=reference")) == 0
