@@ -11,6 +11,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from pixio_robot.errors import PixioError
 
+# Options added after heads and runs were saved, with the value those had: heads saved before
+# `pose_frame` existed predicted poses in view 0's frame. Loading a head and resuming a run
+# both read a missing option as this.
+SAVED_BEFORE = {"pose_frame": "reference"}
+
 
 @dataclass
 class ReconConfig:
@@ -72,5 +77,4 @@ class ReconConfig:
             raise PixioError(
                 f"unknown recon config keys {sorted(unknown)}: was the checkpoint written by a newer version?"
             )
-        # Heads saved before `pose_frame` existed predicted poses in view 0's frame.
-        return cls(**{"pose_frame": "reference", **values}).check()
+        return cls(**{**SAVED_BEFORE, **values}).check()

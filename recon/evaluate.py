@@ -59,18 +59,19 @@ def evaluate(
         for k, view_set in enumerate(tqdm(sets, desc=f"{n} views", unit="set", **bar)):
             x, tgt = collate([view_set], tokens, scenes)
             out = rec.predict(x, tgt.K if intrinsics else None)
+            pred_c2w, gt_c2w = out.cam2world()[0].double().cpu().numpy(), tgt.cam2world[0].double().numpy()
             row = set_metrics(
                 out.points()[0].double().cpu().numpy(),
                 out.camera_points()[0].double().cpu().numpy(),
                 float(out.scale[0]),
-                out.cam2world()[0].double().cpu().numpy(),
+                pred_c2w,
                 tgt.points()[0].double().numpy(),
                 tgt.camera_points()[0].double().numpy(),
-                tgt.cam2world[0].double().numpy(),
+                gt_c2w,
                 tgt.valid[0].numpy(),
             )
             if math.isfinite(row["pose_auc5"]):  # NaN: a view without ground truth, or 1 view
-                row |= pose_extras(out.cam2world()[0].double().cpu().numpy(), tgt.cam2world[0].double().numpy())
+                row |= pose_extras(pred_c2w, gt_c2w)
             rng = np.random.default_rng([seed, n, k])
             pred = out.points(metric=True)[0][out.mask_logits[0] > 0].double().cpu().numpy()
             gt = tgt.points()[0][tgt.valid[0]].double().numpy()

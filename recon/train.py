@@ -41,6 +41,7 @@ from pixio_robot.harness import (
 
 from .backbone import prepare_encoder
 from .commands import TrainReconConfig
+from .configuration_recon import SAVED_BEFORE
 from .data import load_scenes, size_pair
 from .losses import ReconLoss
 from .modeling_recon import ReconModel
@@ -55,8 +56,7 @@ RESUMABLE_CHANGES = {
     *("lr", "grad_clip", "explode_factor", "explode_patience"),
 }
 NO_DECAY = ("reference", "scale_token")  # learned tokens, like timm's cls_token
-# Options added after runs may have started, with the value those runs had (resume compares them).
-ADDED_OPTIONS = {"recon.pose_frame": "reference"}
+SAVED_OPTIONS = {f"recon.{k}": v for k, v in SAVED_BEFORE.items()}  # what older runs had
 
 
 def _check_out(out: Path) -> bool:
@@ -97,7 +97,7 @@ def _train(cfg: TrainReconConfig) -> int:
     out, size = Path(cfg.out), size_pair(cfg.image_size)
     ckpt = None
     if _check_out(out):
-        ckpt = resume_checkpoint(out, to_dict(cfg), RESUMABLE_CHANGES, "choose another out=", added=ADDED_OPTIONS)
+        ckpt = resume_checkpoint(out, to_dict(cfg), RESUMABLE_CHANGES, "choose another out=", added=SAVED_OPTIONS)
     device = pick_device(cfg.device)
     scenes = load_scenes(cfg.data, size, geometry=True, min_views=2, limit=cfg.scenes, progress=cfg.progress)
     val_scenes = load_scenes(cfg.val, size, geometry=True, min_views=2, progress=cfg.progress) if cfg.val else []
