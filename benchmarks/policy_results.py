@@ -6,6 +6,7 @@ frozen encoders, for two protocols.
     uv run python benchmarks/policy_results.py --encoders a,b --tasks reach   # a part
     uv run python benchmarks/policy_results.py --table          # the table from what is done
     uv run python benchmarks/policy_results.py --protocol cortexbench   # the earlier table
+    uv run python benchmarks/policy_results.py --protocol benchmark-wrist   # front + wrist, encoder v2
 
 Every number comes from three commands (collect, train-policy, eval-policy); --dry-run prints
 those still to run. Steps whose output exists are skipped, and a cell whose result exists is
@@ -22,6 +23,11 @@ done, so the script resumes where it stopped.
   100 epochs, training seeds 100 and 200;
 - evaluation: the last checkpoint on 50 held-out episodes (seeds from 100000), 2 processes;
   the table adds each encoder's pooled rate and the two-proportion z-test of (a) against (b).
+
+`--protocol benchmark-wrist` (outputs/policy_benchmark_wrist): the same cells with the cameras
+and encoder that worked best on pick_place: demonstrations recorded from `front` and `wrist`,
+policies reading both (`cameras=[front,wrist]`), (a) and (b) on the default encoder v2
+(`sim_vitn16_v2`).
 
 `--protocol cortexbench` (the earlier table, outputs/policy_results): CortexBench's protocol
 scaled to 2 shared CPU cores (see the README for the reasons):
@@ -55,11 +61,13 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 # v1, not the default v2: the README's result tables were measured on it, and this script
 # reproduces them (the cells resume by folder, so the encoder must not change under them).
 SMALL_ENCODER = "sim_vitn16"
+WRIST_ENCODER = "sim_vitn16_v2"  # benchmark-wrist: the default encoder of this version
 METAWORLD = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 
 # ---- protocol "benchmark": issue 12's table ------------------------------------------------------
 
 BENCHMARK_ROOT = Path("outputs/policy_benchmark")
+WRIST_ROOT = Path("outputs/policy_benchmark_wrist")
 BENCHMARK_TASKS = {  # table row -> the collect options that make its environment
     "reach": ["env=reach"],
     "push": ["env=push"],
@@ -80,20 +88,24 @@ BENCHMARK_NAMES = {
 SEEDS = (100, 200)
 
 
-def benchmark_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[Path, list[str]]]:
+def benchmark_commands(root: Path, task: str, policy: str, seed: int, wrist: bool) -> list[tuple[Path, list[str]]]:
     """(output that marks the step done, pixio-robot arguments) for one cell of the benchmark table."""
     data = root / "data" / task
     run, result = root / "runs" / task / f"{policy}-{seed}", root / "results" / task / f"{policy}-{seed}"
+    cameras = "cameras=[front,wrist]" if wrist else "cameras=[front]"
     collect = ["collect", *BENCHMARK_TASKS[task], "episodes=300", "noise=0.3", "environment_state=true"]
-    collect += ["cameras=[front]", "image_size=128", "workers=2", f"out={data}"]
-    train = ["train-policy", f"dataset={data}", *BENCHMARK_POLICIES[policy], "epochs=100", f"seed={seed}"]
+    collect += [cameras, "image_size=128", "workers=2", f"out={data}"]
+    options = BENCHMARK_POLICIES[policy]
+    if wrist and policy != "c":  # the oracle reads the object state, no camera
+        options = [o.replace(SMALL_ENCODER, WRIST_ENCODER) for o in options] + [cameras]
+    train = ["train-policy", f"dataset={data}", *options, "epochs=100", f"seed={seed}"]
     train += ["eval_every=0", f"out={run}"]
     evaluate = ["eval-policy", f"policy={run}/checkpoints/best", "episodes=50", "workers=2", "videos=2"]
     evaluate += [f"out={result}"]
     return [(data / "meta/pixio_env.json", collect), (run / "summary.json", train), (result / "result.json", evaluate)]
 
 
-def benchmark_table(root: Path) -> str:
+def benchmark_table(root: Path, wrist: bool) -> str:
     from policies import two_proportion_test, wilson_interval
 
     def result(task, policy, seed):
@@ -124,7 +136,8 @@ def benchmark_table(root: Path) -> str:
     if paired:
         lines.append(f"\n(a) - (b) over the {len(paired)} (task, seed) pairs run for both: {compare(paired)}.")
     legend = "; ".join(f"({k}) {v}" for k, v in BENCHMARK_NAMES.items())
-    return "\n".join(lines) + f"\n\nSuccesses/episodes = rate (95% Wilson interval). Policies: {legend}.\n"
+    seen = f"`front` + `wrist`, encoder {WRIST_ENCODER}" if wrist else f"`front`, encoder {SMALL_ENCODER}"
+    return "\n".join(lines) + f"\n\nSuccesses/episodes = rate (95% Wilson interval). Policies: {legend}; {seen}.\n"
 
 
 # ---- protocol "cortexbench": the earlier table ---------------------------------------------------
@@ -232,8 +245,8 @@ def table(root: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", choices=("benchmark", "cortexbench"), default="benchmark")
-    parser.add_argument("--root", type=Path, help="default: outputs/policy_benchmark or outputs/policy_results")
+    parser.add_argument("--protocol", choices=("benchmark", "benchmark-wrist", "cortexbench"), default="benchmark")
+    parser.add_argument("--root", type=Path, help="default: outputs/policy_benchmark[_wrist] or outputs/policy_results")
     parser.add_argument(
         "--tasks", help=f"comma-separated; benchmark: {','.join(BENCHMARK_TASKS)}; cortexbench: {','.join(TASKS)}"
     )
@@ -250,8 +263,8 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--table", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
-    benchmark = args.protocol == "benchmark"
-    root = args.root or (BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT)
+    benchmark, wrist = args.protocol.startswith("benchmark"), args.protocol == "benchmark-wrist"
+    root = args.root or (WRIST_ROOT if wrist else BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT)
     tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS if benchmark else TASKS)
     encoders = args.encoders.split(",") if args.encoders else (["a", "b", "c"] if benchmark else ["c", "b", "a"])
     seeds = args.seeds.split(",")
@@ -264,7 +277,7 @@ def main() -> int:
     if not args.table:
         if benchmark:
             cells = [(t, e, int(s)) for t in tasks for e in encoders for s in seeds]
-            steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s)) for t, e, s in cells]
+            steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s, wrist)) for t, e, s in cells]
         else:
             steps = [
                 (f"{t}-{h}-{e}", commands(root, t, e, h, args.episodes or (10 if is_metaworld(t) else 50)))
@@ -278,7 +291,7 @@ def main() -> int:
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break
-    text = benchmark_table(root) if benchmark else table(root)
+    text = benchmark_table(root, wrist) if benchmark else table(root)
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
         (root / "table.md").write_text(text)
