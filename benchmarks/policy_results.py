@@ -97,7 +97,7 @@ def benchmark_commands(root: Path, task: str, policy: str, seed: int, wrist: boo
     collect += [cameras, "image_size=128", "workers=2", f"out={data}"]
     options = BENCHMARK_POLICIES[policy]
     if wrist and policy != "c":  # the oracle reads the object state, no camera
-        options = [o.replace(SMALL_ENCODER, WRIST_ENCODER) for o in options] + [cameras]
+        options = [f"encoder={WRIST_ENCODER}", *options[1:], cameras]  # options[0] is the encoder
     train = ["train-policy", f"dataset={data}", *options, "epochs=100", f"seed={seed}"]
     train += ["eval_every=0", f"out={run}"]
     evaluate = ["eval-policy", f"policy={run}/checkpoints/best", "episodes=50", "workers=2", "videos=2"]
