@@ -17,7 +17,8 @@ class DemoConfig:
         metadata={"help": "task to learn: an own task (push, pick_place, reach, ...) or metaworld/<task>"},
     )
     cameras: list[str] | None = field(
-        default=None, metadata={"help": "cameras the policy sees (default: [front]; [corner2] on MetaWorld)"}
+        default=None,
+        metadata={"help": "cameras the policy reads (default [front]; pick_place [front,wrist]; MetaWorld [corner2])"},
     )
     demos: int = field(default=300, metadata={"help": "scripted demonstrations to record"})
     noise: float = field(

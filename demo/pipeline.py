@@ -68,8 +68,15 @@ def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
     return {"path": str(folder), "episodes": info["total_episodes"], "frames": info["total_frames"]}
 
 
+# The cameras each task's policy reads unless `cameras=` says otherwise: pick_place needs the wrist
+# view to see the fingers against the cube (README: +45 points over random with it, and the demo's
+# measured run); the other own tasks did as well or better from `front` alone at half the cache time.
+DEFAULT_CAMERAS = {"pick_place": ["front", "wrist"]}
+
+
 def _cameras(cfg: DemoConfig) -> list[str]:
-    return list(cfg.cameras or ["corner2" if cfg.task.startswith("metaworld/") else "front"])
+    default = ["corner2"] if cfg.task.startswith("metaworld/") else DEFAULT_CAMERAS.get(cfg.task, ["front"])
+    return list(cfg.cameras or default)
 
 
 def _train(cfg: DemoConfig, out: Path, done: dict) -> dict:

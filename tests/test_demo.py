@@ -148,3 +148,13 @@ def test_the_default_folder_continues_the_newest_unfinished_run(tmp_path, monkey
     assert _open(dataclasses.replace(cfg, demos=3))[0] == Path("outputs/demo/run-2")  # other options: a new one
     (Path("outputs/demo/run-2") / "summary.json").write_text("{}")  # finished
     assert _open(dataclasses.replace(cfg, demos=3))[0] == Path("outputs/demo/run-3")
+
+
+def test_default_cameras_follow_the_task_and_an_explicit_list_wins():
+    from demo.commands import DemoConfig
+    from demo.pipeline import _cameras
+
+    assert _cameras(DemoConfig(task="push")) == ["front"]
+    assert _cameras(DemoConfig(task="pick_place")) == ["front", "wrist"]  # the wrist view is what made it work
+    assert _cameras(DemoConfig(task="metaworld/drawer-open")) == ["corner2"]
+    assert _cameras(DemoConfig(task="pick_place", cameras=["front"])) == ["front"]
