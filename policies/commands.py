@@ -49,6 +49,9 @@ class TrainPolicyConfig:
     cache_dtype: str = field(default="float16", metadata={"help": "float16 or float32 cached features"})
     augment: bool = field(default=True, metadata={"help": "random 4-px shifts of the images (cache=off only)"})
     epochs: int = field(default=100, metadata={"help": "passes over the demonstrations"})
+    lr_schedule: str = field(
+        default="constant", metadata={"help": "constant (eai-vc, ACT) or cosine (decays to 0 over the epochs)"}
+    )
     batch_size: int = field(default=256, metadata={"help": "samples per step"})
     seed: int = field(default=100, metadata={"help": "seed of initialisation, shuffling, random encoders"})
     eval_every: int = field(default=0, metadata={"help": "evaluate in simulation every this many epochs (0: never)"})

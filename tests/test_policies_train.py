@@ -81,6 +81,19 @@ def test_cortexbench_head_loss_falls_and_run_folder_is_complete(dataset, tmp_pat
     assert {"/metrics/loss", "/metrics/samples_per_s"} <= rrd_entities(out / "training.rrd")
 
 
+def test_cosine_schedule_decays_the_learning_rate_to_zero_and_constant_keeps_it(dataset, tmp_path):
+    logged = {}
+    for schedule in ("constant", "cosine"):
+        out = tmp_path / schedule
+        assert main(train_args(dataset, out, "epochs=4", "batch_size=32", f"lr_schedule={schedule}")) == 0
+        with open(out / "metrics.csv") as f:
+            logged[schedule] = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert logged["constant"] == [1e-3] * 4
+    lrs = logged["cosine"]
+    assert lrs[0] < 1e-3 and all(a > b for a, b in zip(lrs, lrs[1:], strict=False)), lrs
+    assert lrs[-1] < 1e-5, lrs  # logged at each epoch's last step: the run's last is 1% of the peak
+
+
 def test_cache_reused_on_second_run_and_rebuilt_when_the_checkpoint_changes(dataset, tmp_path):
     from policies import cache_features
 
@@ -291,6 +304,7 @@ def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
     refused("head=nope", match="unknown head=nope: choose one of chunking, cortexbench, keypoints, spatial")
     refused("train-policy=nope", match="unknown train-policy=nope: choose one of eai_vc")
     refused("head.bogus=1", match="unknown option 'head.bogus'")
+    refused("lr_schedule=linear", match="lr_schedule='linear': use constant or cosine")
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
