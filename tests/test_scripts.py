@@ -1,0 +1,42 @@
+"""The analysis scripts under scripts/ sort what they are given correctly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+import envs
+from envs.experts import make_expert
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _StandStill:
+    """Holds the tool where it is with the gripper open: never touches the cube."""
+
+    def reset(self, seed=None):
+        pass
+
+    def __call__(self, obs):
+        return np.array([0, 0, 0, 0, -1], np.float32)
+
+
+def test_pick_place_failures_sorts_the_expert_as_success_and_a_still_arm_as_never_held():
+    failures = _load("pick_place_failures")
+    env = envs.make_env("pick_place", image_size=32)
+    expert = failures.classify(env, make_expert(env), seed=3)
+    assert expert["kind"] == "success" and expert["lift_cm"] > 2
+    assert expert["grasp_offset_cm"] < 1.5  # the expert closes with the tool over the cube
+    still = failures.classify(env, _StandStill(), seed=3)
+    assert still["kind"] == "never held" and still["held_steps"] == 0
+    assert still["grasp_offset_cm"] is None and still["steps"] == env.unwrapped.max_episode_steps
+    env.close()
