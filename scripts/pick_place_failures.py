@@ -5,10 +5,10 @@ happened to the cube (the environment's own state, which the policy never sees).
 
 Kinds, in the order they are tested: success; never held (no finger pad ever held the cube);
 held, not lifted (the cube never rose 2 cm); still held at the end; dropped in the air (released
-more than 1 cm above where it started); put down off the goal. Each episode also gives where the
-fingers were at the policy's first close with the tool centre below 4.5 cm (the grasp it attempted): the
-tool centre's horizontal offset from the cube centre and the yaw error modulo 90 degrees (a
-cube's faces repeat). Prints one line per episode and the counts; `--out FILE.json` keeps them.
+more than 1 cm above where it started); put down off the goal. Each episode also gives the grasp
+the policy attempted, at its first close within 1.6 cm above the expert's grasp height: the tool
+centre's horizontal offset from the cube centre and the yaw error modulo 90 degrees (a cube's
+faces repeat). Prints one line per episode and the counts; `--out FILE.json` keeps them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import numpy as np
 
 
 def classify(env, policy, seed: int) -> dict:
+    from envs.experts import GRASP_HEIGHT
+
     obs, _ = env.reset(seed=seed)
     policy.reset(seed)
     task = env.unwrapped
@@ -30,7 +32,7 @@ def classify(env, policy, seed: int) -> dict:
     held_steps, drops, was_held, success, steps, grasp = 0, 0, False, False, 0, None
     while not success and steps < task.max_episode_steps:
         action = policy(obs)
-        if grasp is None and action[-1] > 0 and task.tcp[2] < 0.045:  # first close near the table: grasps at 2.9-3.3 cm
+        if grasp is None and action[-1] > 0 and task.tcp[2] < GRASP_HEIGHT + 0.016:  # the first close near the table
             offset = 100 * float(np.linalg.norm(task.tcp[:2] - task.cube_pos()[:2]))
             yaw = math.degrees(abs((task.tool_yaw - task.cube_yaw() + math.pi / 4) % (math.pi / 2) - math.pi / 4))
             grasp = {"grasp_offset_cm": round(offset, 2), "grasp_yaw_deg": round(yaw, 1)}
