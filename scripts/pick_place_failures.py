@@ -5,10 +5,11 @@ happened to the cube (the environment's own state, which the policy never sees).
 
 Kinds, in the order they are tested: success; never held (no finger pad ever held the cube);
 held, not lifted (the cube never rose 2 cm); still held at the end; dropped in the air (released
-more than 1 cm above where it started); put down off the goal. Each episode also gives the grasp
-the policy attempted, at its first close within 1.6 cm above the expert's grasp height: the tool
-centre's horizontal offset from the cube centre and the yaw error modulo 90 degrees (a cube's
-faces repeat). Prints one line per episode and the counts; `--out FILE.json` keeps them.
+more than 1 cm above where it started); put down off the goal. Each episode also gives where the
+policy committed to the grasp: the tool centre's horizontal offset from the cube centre when the
+tool first comes below 6 cm (the expert descends from 8 cm only once it is within 0.8 cm), and
+at its first close within 1.6 cm above the expert's grasp height, with the yaw error modulo 90
+degrees there (a cube's faces repeat). Prints one line per episode and the counts; `--out FILE.json` keeps them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 
 import numpy as np
 
+DESCENT_HEIGHT = 0.06  # below the expert's approach height (at least 8 cm), above its grasp height
+
 
 def classify(env, policy, seed: int) -> dict:
     from envs.experts import GRASP_HEIGHT
@@ -29,9 +32,11 @@ def classify(env, policy, seed: int) -> dict:
     policy.reset(seed)
     task = env.unwrapped
     start_z = top_z = task.cube_pos()[2]
-    held_steps, drops, was_held, success, steps, grasp = 0, 0, False, False, 0, None
+    held_steps, drops, was_held, success, steps, grasp, descent = 0, 0, False, False, 0, None, None
     while not success and steps < task.max_episode_steps:
         action = policy(obs)
+        if descent is None and task.tcp[2] < DESCENT_HEIGHT:
+            descent = round(100 * float(np.linalg.norm(task.tcp[:2] - task.cube_pos()[:2])), 2)
         if grasp is None and action[-1] > 0 and task.tcp[2] < GRASP_HEIGHT + 0.016:  # the first close near the table
             offset = 100 * float(np.linalg.norm(task.tcp[:2] - task.cube_pos()[:2]))
             yaw = math.degrees(abs((task.tool_yaw - task.cube_yaw() + math.pi / 4) % (math.pi / 2) - math.pi / 4))
@@ -64,6 +69,7 @@ def classify(env, policy, seed: int) -> dict:
         "held_steps": int(held_steps),
         "lift_cm": round(100 * float(top_z - start_z), 1),
         "goal_distance_cm": round(100 * float(task.goal_distance(task.cube_pos())), 1),
+        "descent_offset_cm": descent,
         **(grasp or {"grasp_offset_cm": None, "grasp_yaw_deg": None}),
     }
 
@@ -94,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     counts = dict(collections.Counter(r["kind"] for r in rows).most_common())
     print(counts, f"(mean steps {np.mean([r['steps'] for r in rows]):.0f})")
-    for kind in counts:  # where the first grasp was, by outcome
+    for kind in counts:  # where the descent and the first grasp were, by outcome
+        descents = [r["descent_offset_cm"] for r in rows if r["kind"] == kind and r["descent_offset_cm"] is not None]
+        if descents:
+            print(f"  {kind}: descent began {np.median(descents):.2f} cm from the cube ({len(descents)} episodes)")
         tried = [r for r in rows if r["kind"] == kind and r["grasp_offset_cm"] is not None]
         if tried:
             offsets, yaws = [r["grasp_offset_cm"] for r in tried], [r["grasp_yaw_deg"] for r in tried]

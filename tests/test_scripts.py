@@ -36,7 +36,9 @@ def test_pick_place_failures_sorts_the_expert_as_success_and_a_still_arm_as_neve
     expert = failures.classify(env, make_expert(env), seed=3)
     assert expert["kind"] == "success" and expert["lift_cm"] > 2
     assert expert["grasp_offset_cm"] < 1.5  # the expert closes with the tool over the cube
+    assert expert["descent_offset_cm"] < 1.5  # ... and descends only once it is over it
     still = failures.classify(env, _StandStill(), seed=3)
     assert still["kind"] == "never held" and still["held_steps"] == 0
     assert still["grasp_offset_cm"] is None and still["steps"] == env.unwrapped.max_episode_steps
+    assert still["descent_offset_cm"] is None  # a still arm stays above the descent height
     env.close()
