@@ -31,5 +31,12 @@ class CortexBenchConfig:
         default=None, metadata={"help": "with chunk_size>1: average chunks with weights exp(-coeff*i); null: none"}
     )
     n_action_steps: int = field(default=1, metadata={"help": "with chunk_size>1: actions run per chunk"})
+    aux_state: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of an auxiliary loss: the last hidden layer also predicts the recorded object positions "
+            "(from observation.environment_state; collect environment_state=true), in training only (0: off)"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})

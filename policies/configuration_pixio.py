@@ -38,6 +38,9 @@ class PixioConfig(PreTrainedConfig):
     env: dict[str, Any] | None = None  # envs.EnvSpec.to_dict() of the environment trained for
     dataset: str | None = None
     encode_batch_size: int = 64
+    # entries of observation.environment_state that the head's `aux_state` read-out predicts: the
+    # object positions (a quaternion's sign flips make it a poor regression target)
+    aux_state_index: list[int] = field(default_factory=list)
     # Normalisation happens inside the policy (buffers from the dataset's stats), so LeRobot's
     # processors must pass values through unchanged.
     normalization_mapping: dict[str, NormalizationMode] = field(

@@ -87,7 +87,7 @@ class Demonstrations:
         stats = {
             k: {s: np.asarray(v, np.float32) for s, v in d.items()}
             for k, d in ds.meta.stats.items()
-            if k in ("observation.state", "action")
+            if k in ("observation.state", "action", "observation.environment_state")
         }
         return cls(
             root=root,

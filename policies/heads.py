@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 
 from pixio_robot.errors import PixioError
 
@@ -34,6 +35,7 @@ _LATER_OPTIONS = {
     "values",
     "temporal_ensemble_coeff",
     "n_action_steps",
+    "aux_state",
 }
 HeadConfig = CortexBenchConfig | KeypointsConfig | SpatialConfig | ChunkingConfig
 
@@ -59,14 +61,21 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
         raise PixioError(f"head {name}: history and chunk_size must be at least 1")
     if getattr(config, "fusion", "flare") not in ("flare", "stack"):
         raise PixioError(f"head.fusion={config.fusion!r}: use flare or stack")
+    aux = getattr(config, "aux_state", 0.0)
+    if not (aux >= 0 and math.isfinite(aux)):
+        raise PixioError(f"head.aux_state={aux}: give a loss weight >= 0 (0: no auxiliary state loss)")
     if getattr(config, "n_action_steps", 1) > config.chunk_size:
         raise PixioError(f"head {name}: n_action_steps={config.n_action_steps} exceeds chunk_size={config.chunk_size}")
     return config
 
 
-def make_head(config: HeadConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int):
+def make_head(
+    config: HeadConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int, aux_dim: int = 0
+):
+    """The head module; `aux_dim` > 0 adds the read-out of `aux_state` (the object state's size)."""
     module, _, cls = HEADS[config.name][1].partition(":")
-    return getattr(importlib.import_module(module), cls)(config, feature_dim, grid, state_dim, action_dim)
+    extra = {"aux_dim": aux_dim} if aux_dim else {}
+    return getattr(importlib.import_module(module), cls)(config, feature_dim, grid, state_dim, action_dim, **extra)
 
 
 def head_inputs(config: HeadConfig) -> tuple[str, ...]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pixio_robot.errors import PixioError
+
 from .configuration_cortexbench import CortexBenchConfig
 
 
@@ -31,8 +33,11 @@ class BatchNormMLP(nn.Module):
             layers[-1].bias.mul_(last_scale)
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.input_norm(x))
+    def forward(self, x: torch.Tensor, last_hidden: bool = False):
+        """The output; with `last_hidden`, (output, the last hidden layer's activations)."""
+        hidden = self.mlp[:-1](self.input_norm(x))
+        out = self.mlp[-1](hidden)
+        return (out, hidden) if last_hidden else out
 
 
 def masked_loss(error: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
@@ -58,7 +63,13 @@ class CortexBenchHead(nn.Module):
     inputs = ("global",)
 
     def __init__(
-        self, config: CortexBenchConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int
+        self,
+        config: CortexBenchConfig,
+        feature_dim: int,
+        grid: tuple[int, int],
+        state_dim: int,
+        action_dim: int,
+        aux_dim: int = 0,
     ):
         super().__init__()
         self.config = config
@@ -68,6 +79,9 @@ class CortexBenchHead(nn.Module):
         self.net = BatchNormMLP(
             in_dim, list(config.hidden), config.chunk_size * action_dim, config.dropout, config.last_layer_scale
         )
+        # `aux_state`: the layer the actions are read from must also say where the objects are, a
+        # dense target on every frame where the actions (clipped at full speed) say only which way
+        self.aux = nn.Linear(config.hidden[-1] if config.hidden else in_dim, aux_dim) if aux_dim else None
 
     def build_frame_encoder(self, feature_dim: int, grid: tuple[int, int]) -> int:
         """Build what turns one frame's features into its code; return the code's size."""
@@ -80,12 +94,19 @@ class CortexBenchHead(nn.Module):
     def fuse(self, codes: torch.Tensor) -> torch.Tensor:
         return fuse_history(codes, self.config.fusion)
 
-    def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
-        """features (B, T, ...) and state (B, S) -> actions (B, k, A)."""
+    def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor, aux: bool = False):
+        """features (B, T, ...) and state (B, S) -> actions (B, k, A); with `aux`, (actions,
+        the predicted normalised object state (B, E))."""
         x = self.fuse(self.frame_codes(features))
         if self.config.use_state:
             x = torch.cat([x, state], dim=1)
-        return self.net(x).unflatten(1, (self.config.chunk_size, self.action_dim))
+        out, hidden = self.net(x, last_hidden=True)
+        actions = out.unflatten(1, (self.config.chunk_size, self.action_dim))
+        if not aux:
+            return actions
+        if self.aux is None:
+            raise PixioError("this head was built without the auxiliary state read-out (head.aux_state=0)")
+        return actions, self.aux(hidden)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         return masked_loss((pred - target).square(), pad)

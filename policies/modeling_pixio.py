@@ -70,8 +70,10 @@ class PixioPolicy(PreTrainedPolicy):
                 f"encoder=oracle gives one state vector per frame, no patch grid: head={hc.name} needs one"
             )
         feature_dim = self.backbone.embed_dim * (views if "global" in self.inputs else 1)  # embeddings concatenated
-        self.head = make_head(hc, feature_dim, self.grid, config.state_dim, config.action_dim)
-        for name, dim in (("state", config.state_dim), ("action", config.action_dim)):
+        aux_dim = len(config.aux_state_index) if getattr(hc, "aux_state", 0.0) > 0 else 0
+        self.head = make_head(hc, feature_dim, self.grid, config.state_dim, config.action_dim, aux_dim)
+        sizes = (("state", config.state_dim), ("action", config.action_dim)) + ((("aux", aux_dim),) if aux_dim else ())
+        for name, dim in sizes:
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
         if dataset_stats is not None:
@@ -86,13 +88,18 @@ class PixioPolicy(PreTrainedPolicy):
         """Mean and std of `observation.state` and `action` from a dataset's stats (actions stay
         raw, mean 0 and std 1, for a head with `normalize_actions=False`)."""
         raw = not getattr(self.config.head_config, "normalize_actions", True)
-        for name, key in (("state", "observation.state"), ("action", "action")):
+        keys = (("state", "observation.state"), ("action", "action"))
+        if getattr(self.head, "aux", None) is not None:
+            keys += (("aux", ENV_STATE),)
+        for name, key in keys:
             if name == "action" and raw:
                 continue
             if key not in stats:
                 raise PixioError(f"the dataset's stats have no {key!r}: cannot normalise")
             mean = torch.as_tensor(np.asarray(stats[key]["mean"]), dtype=torch.float32).reshape(-1)
             std = torch.as_tensor(np.asarray(stats[key]["std"]), dtype=torch.float32).reshape(-1)
+            if name == "aux":
+                mean, std = mean[self.config.aux_state_index], std[self.config.aux_state_index]
             getattr(self, f"{name}_mean").copy_(mean)
             getattr(self, f"{name}_std").copy_(std.clamp(min=MIN_STD))
 
@@ -147,11 +154,25 @@ class PixioPolicy(PreTrainedPolicy):
     # ---- training --------------------------------------------------------------------------
 
     def loss_from_features(
-        self, features: dict[str, Tensor], state: Tensor, actions: Tensor, pad: Tensor | None = None
+        self,
+        features: dict[str, Tensor],
+        state: Tensor,
+        actions: Tensor,
+        pad: Tensor | None = None,
+        env_state: Tensor | None = None,
     ) -> Tensor:
-        """features (B, T, ...), raw state (B, S), raw actions (B, k, A), pad (B, k) -> loss."""
-        pred = self.head(features, self.normalize_state(state))
-        return self.head.loss(pred, self.normalize_action(actions), pad)
+        """features (B, T, ...), raw state (B, S), raw actions (B, k, A), pad (B, k) -> loss;
+        with the head's `aux_state`, plus that weight times the MSE of the predicted (normalised)
+        object positions against those in `env_state` (B, E) of the current frame."""
+        weight = getattr(self.config.head_config, "aux_state", 0.0)
+        if weight <= 0:
+            pred = self.head(features, self.normalize_state(state))
+            return self.head.loss(pred, self.normalize_action(actions), pad)
+        if env_state is None:
+            raise PixioError(f"head.aux_state={weight} trains on {ENV_STATE}, which this batch lacks")
+        pred, aux = self.head(features, self.normalize_state(state), aux=True)
+        target = (env_state[:, self.config.aux_state_index].float() - self.aux_mean) / self.aux_std
+        return self.head.loss(pred, self.normalize_action(actions), pad) + weight * (aux - target).square().mean()
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         """LeRobot's training step: images are encoded by the frozen backbone on the fly."""
@@ -160,7 +181,9 @@ class PixioPolicy(PreTrainedPolicy):
         state = state[:, -1] if state.ndim == 3 else state
         actions = batch["action"]
         actions = actions[:, None] if actions.ndim == 2 else actions
-        loss = self.loss_from_features(features, state, actions, batch.get("action_is_pad"))
+        env_state = batch.get(ENV_STATE)
+        env_state = env_state[:, -1] if env_state is not None and env_state.ndim == 3 else env_state
+        loss = self.loss_from_features(features, state, actions, batch.get("action_is_pad"), env_state)
         return loss, {"loss": float(loss.detach())}
 
     def _batch_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

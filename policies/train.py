@@ -227,6 +227,8 @@ class _Epochs:
         if self.per_epoch == 0:
             raise PixioError(f"{cfg.dataset} holds {n} frame(s): BatchNorm needs at least 2")
         self.states, self.actions = torch.from_numpy(demos.states), torch.from_numpy(demos.actions)
+        aux = getattr(self.hc, "aux_state", 0.0) > 0
+        self.env_states = torch.from_numpy(demos.env_states) if aux else None
         self.last_dir, self.best_dir = Path(cfg.out) / "checkpoints/last", Path(cfg.out) / "checkpoints/best"
         self.eval_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + cfg.eval_episodes))
         self.best_success, self.best_epoch, self.losses = None, None, []
@@ -244,8 +246,13 @@ class _Epochs:
         history, _ = self.demos.windows(index, self.policy.config.observation_delta_indices)
         targets, pad = self.demos.windows(index, self.policy.config.action_delta_indices)
         features = {k: v.to(self.device) for k, v in self.source(history, generator).items()}
+        env_state = None if self.env_states is None else self.env_states[index].to(self.device)
         loss = self.policy.loss_from_features(
-            features, self.states[index].to(self.device), self.actions[targets].to(self.device), pad.to(self.device)
+            features,
+            self.states[index].to(self.device),
+            self.actions[targets].to(self.device),
+            pad.to(self.device),
+            env_state,
         )
         loss.backward()
         self._epoch_loss.append((loss.item(), len(index)))
@@ -325,6 +332,15 @@ def make_policy(
     inputs, outputs = PixioConfig.features_for(
         cameras, demos.image_shape, demos.states.shape[1], demos.actions.shape[1], env_state_dim
     )
+    head = head or CortexBenchConfig()
+    aux = getattr(head, "aux_state", 0.0) > 0
+    if aux and (oracle or demos.env_states is None):
+        raise PixioError(
+            f"head.aux_state={head.aux_state} predicts the object state, which encoder=oracle already reads"
+            if oracle
+            else f"head.aux_state={head.aux_state} predicts observation.environment_state, which {demos.root} does "
+            "not hold: re-record it with pixio-robot collect environment_state=true"
+        )
     config = PixioConfig(
         device=device.type,
         backbone=spec,
@@ -332,7 +348,8 @@ def make_policy(
         layer=backbone.block_indices(layer)[0],
         image_size=[image_size, image_size] if image_size else list(demos.image_shape),
         cameras=cameras,
-        head=dataclasses.asdict(head or CortexBenchConfig()),
+        head=dataclasses.asdict(head),
+        aux_state_index=_position_index(demos) if aux else [],
         env=demos.spec.to_dict(),
         dataset=str(demos.root),
         input_features=inputs,
@@ -388,6 +405,12 @@ def _ensure_caches(
         where = location if location in ("auto", "", None) or len(demos.cameras) == 1 else str(Path(location) / camera)
         caches.append(ensure_cache(demos, extractor, key, patches, where, progress))
     return caches
+
+
+def _position_index(demos: Demonstrations) -> list[int]:
+    """Where the object positions are in the recorded environment state (names *_x, *_y, *_z)."""
+    names = demos.meta.get("environment_state_names") or []
+    return [i for i, n in enumerate(names) if n.endswith(("_x", "_y", "_z"))]
 
 
 def _env_state_dim(demos: Demonstrations) -> int:

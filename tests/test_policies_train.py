@@ -27,6 +27,15 @@ def dataset(tmp_path_factory) -> Path:
     return recorded_push(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def push_with_state(tmp_path_factory) -> Path:
+    """Two push episodes recorded with the object state (observation.environment_state)."""
+    data = tmp_path_factory.getbasetemp() / "policies_data" / "push_with_state"
+    collect = ["collect", "env=push", "environment_state=true", f"image_size={IMAGE_SIZE}", "episodes=2"]
+    assert main([*collect, f"out={data}", "progress=false"]) == 0
+    return data
+
+
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
@@ -412,14 +421,12 @@ def test_a_policy_reads_several_cameras_joined_and_evaluates(tmp_path_factory, t
         Demonstrations.load(data, ["front", "front"])
 
 
-def test_the_oracle_reads_the_object_state_and_is_refused_without_it(dataset, tmp_path_factory, tmp_path, capsys):
+def test_the_oracle_reads_the_object_state_and_is_refused_without_it(dataset, push_with_state, tmp_path, capsys):
     """encoder=oracle: the recorded environment state is each frame's embedding, through the same
     head, normalisation and evaluation code; no camera, no feature cache."""
     from policies import Demonstrations, load_policy, train_policy
 
-    data = tmp_path_factory.getbasetemp() / "policies_data" / "push_with_state"
-    collect = ["collect", "env=push", "environment_state=true", f"image_size={IMAGE_SIZE}", "episodes=2"]
-    assert main([*collect, f"out={data}", "progress=false"]) == 0
+    data = push_with_state
     kwargs = {"epochs": 2, "batch_size": 32, "out": str(tmp_path / "run"), "progress": False}
     result = train_policy(dataset=str(data), encoder="oracle", **kwargs)
     assert result.caches == [] and not (data / "features").exists()
@@ -441,3 +448,40 @@ def test_the_oracle_reads_the_object_state_and_is_refused_without_it(dataset, tm
     assert main([*oracle_args(data, tmp_path / "kp"), "head=keypoints"]) == 2
     assert "no patch grid: head=keypoints needs one" in capsys.readouterr().err
     assert snapshot(dataset) == before and not (tmp_path / "no_state").exists() and not (tmp_path / "kp").exists()
+
+
+def test_aux_state_learns_where_the_objects_are_and_needs_the_recorded_positions(
+    dataset, push_with_state, tmp_path, capsys
+):
+    """head.aux_state: the last hidden layer also predicts the recorded object positions in training;
+    the saved policy acts without it, and a dataset without the state is refused in one line."""
+    from policies import Demonstrations, load_policy, train_policy
+
+    kwargs = {"encoder": "vitn16", "head": {"name": "keypoints", "aux_state": 1.0}, "batch_size": 32}
+    result = train_policy(dataset=str(push_with_state), epochs=40, out=str(tmp_path / "run"), progress=False, **kwargs)
+    policy = load_policy(result.best)
+    assert policy.config.aux_state_index == [0, 1, 2, 7, 8]  # cube x, y, z and goal x, y (not the quaternion)
+    assert policy.head.aux.out_features == 5
+    demos = Demonstrations.load(push_with_state)
+    index = torch.arange(len(demos))
+    history, _ = demos.windows(index, policy.config.observation_delta_indices)
+    frames = torch.from_numpy(demos.decode_frames())[history].permute(0, 1, 4, 2, 3)  # (N, T, 3, H, W)
+    batch = {"observation.images.front": frames, "observation.state": torch.from_numpy(demos.states)}
+    policy.eval()
+    with torch.no_grad():
+        features = policy._batch_features(batch)
+        _, aux = policy.head(features, policy.normalize_state(batch["observation.state"]), aux=True)
+    truth = (torch.from_numpy(demos.env_states)[:, [0, 1, 2, 7, 8]] - policy.aux_mean) / policy.aux_std
+    varying = policy.aux_std > 1e-3  # the cube's height barely moves in push
+    error = (aux - truth)[:, varying].square().mean()
+    assert error < 0.5 * truth[:, varying].var(0).mean()  # well below predicting the mean
+    out = tmp_path / "eval"  # acting needs no object state
+    assert main(["eval-policy", f"policy={result.best}", "episodes=1", f"out={out}", "progress=false", "videos=0"]) == 0
+
+    before = snapshot(dataset)
+    args = [*train_args(dataset, tmp_path / "no_state"), "head=keypoints", "head.aux_state=1"]
+    assert main(args) == 2
+    assert "re-record it with pixio-robot collect environment_state=true" in capsys.readouterr().err
+    assert main([*train_args(push_with_state, tmp_path / "neg"), "head.aux_state=-1"]) == 2
+    assert "head.aux_state=-1.0: give a loss weight >= 0" in capsys.readouterr().err
+    assert snapshot(dataset) == before and not (tmp_path / "no_state").exists() and not (tmp_path / "neg").exists()
