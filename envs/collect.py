@@ -19,6 +19,7 @@ from pathlib import Path
 from pixio_robot.errors import PixioError
 
 from .dataset import DemoWriter, env_metadata, inspect_path
+from .experts import make_expert
 from .registry import EnvSpec
 from .runner import expert_policy, run_episodes
 
@@ -36,6 +37,7 @@ def collect(cfg) -> int:
         raise PixioError(f"{root} holds something other than a pixio-robot dataset: refusing to write there")
     env = spec.make()
     try:
+        make_expert(env, cfg.noise, cfg.mistakes)  # refuses mistakes the task's expert cannot make
         meta = env_metadata(spec, env)
         env_state_dim = (
             env.observation_space["environment_state"].shape[0] if spec.kwargs.get("environment_state") else None
@@ -43,6 +45,8 @@ def collect(cfg) -> int:
     finally:
         env.close()
     collection = {"policy": "scripted expert", "noise": cfg.noise, "keep_failed": cfg.keep_failed}
+    if cfg.mistakes:
+        collection["mistakes"] = cfg.mistakes
     writer = DemoWriter(root, meta, env_state_dim, cfg.append, cfg.commit_every, collection)
     start = cfg.seed if cfg.seed is not None else writer.next_seed
     used = {e["seed"] for e in writer.episodes}
@@ -57,7 +61,9 @@ def collect(cfg) -> int:
     bar = tqdm(total=cfg.episodes, desc=f"collect {spec.name}", unit="ep", disable=not cfg.progress, file=sys.stderr)
     try:
         with writer:
-            episodes = run_episodes(spec, itertools.count(start), expert_policy(cfg.noise), cfg.workers, record=True)
+            episodes = run_episodes(
+                spec, itertools.count(start), expert_policy(cfg.noise, cfg.mistakes), cfg.workers, record=True
+            )
             try:
                 for ep in episodes:
                     attempts += 1

@@ -56,6 +56,13 @@ class CollectConfig(EnvOptions):
     seed: int | None = field(default=None, metadata={"help": "first seed (default 0, or after the dataset's last)"})
     workers: int = field(default=1, metadata={"help": "parallel environment processes"})
     noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise on the expert's motion actions"})
+    mistakes: float = field(
+        default=0.0,
+        metadata={
+            "help": "pick_place, stack: probability per episode of one descent beside the cube, executed but not "
+            "recorded (the recorded actions rise and approach again)"
+        },
+    )
     keep_failed: bool = field(default=False, metadata={"help": "also keep episodes that did not succeed"})
     append: bool = field(default=False, metadata={"help": "add episodes to an existing dataset"})
     commit_every: int = field(default=10, metadata={"help": "episodes per crash-safe commit"})

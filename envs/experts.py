@@ -36,15 +36,25 @@ class Policy(Protocol):
     def __call__(self, observation: dict[str, Any]) -> np.ndarray: ...
 
 
-def make_expert(env: gym.Env, noise: float = 0.0) -> Policy:
-    """The scripted expert of `env` (own task or MetaWorld), bound to it."""
+def make_expert(env: gym.Env, noise: float = 0.0, mistakes: float = 0.0) -> Policy:
+    """The scripted expert of `env` (own task or MetaWorld), bound to it. `mistakes`: see
+    `PickExpert` (the grasping tasks only)."""
+    if not (math.isfinite(mistakes) and 0 <= mistakes <= 1):
+        raise PixioError(f"mistakes={mistakes}: give a probability per episode between 0 and 1")
     base = env.unwrapped
     for env_type, expert in _EXPERTS.items():
         if isinstance(base, env_type):
-            return expert(base, noise)
+            if mistakes and not issubclass(expert, PickExpert):
+                raise PixioError(
+                    f"mistakes={mistakes}: only the grasping tasks (pick_place, stack) have a grasp to get wrong; "
+                    "use mistakes=0"
+                )
+            return expert(base, noise, mistakes) if mistakes else expert(base, noise)
     from .metaworld_env import MetaWorldEnv, MetaWorldExpert
 
     if isinstance(base, MetaWorldEnv):
+        if mistakes:
+            raise PixioError(f"mistakes={mistakes}: MetaWorld's scripted policies have none; use mistakes=0")
         return MetaWorldExpert(base, noise)
     raise PixioError(f"no scripted expert for {type(base).__name__}")
 
@@ -101,10 +111,43 @@ class ReachExpert(TabletopExpert):
 
 
 class PickExpert(TabletopExpert):
-    """Pick a cube and put it down at a place; shared by pick-and-place and stacking."""
+    """Pick a cube and put it down at a place; shared by pick-and-place and stacking.
+
+    `mistakes`: the probability per episode of one premature descent. Once the tool is within
+    6 cm of the cube on its approach, the expert executes a descent toward a point 2.5-5 cm
+    beside it (for up to 8 steps, until the tool is 4.5 cm high) while it records what it would
+    have done, rise and approach again (DART at the grasp decision: the data shows the way back
+    from the mistake pixel policies make, not the mistake)."""
 
     env: PickPlace | Stack
     cube = "cube"
+    MISTAKE_RADIUS = (0.025, 0.05)
+
+    def __init__(self, env: PickPlace | Stack, noise: float = 0.0, mistakes: float = 0.0):
+        self.mistakes = float(mistakes)
+        super().__init__(env, noise)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self.mistake: dict | None = None
+        if self.mistakes > 0 and self.rng.uniform() < self.mistakes:  # no draw at 0: datasets stay as they were
+            angle, radius = self.rng.uniform(0, 2 * math.pi), self.rng.uniform(*self.MISTAKE_RADIUS)
+            self.mistake = {"offset": radius * np.array([math.cos(angle), math.sin(angle)]), "steps": 0}
+
+    def __call__(self, observation=None) -> np.ndarray:
+        action = super().__call__(observation)  # records the label; executed unless a mistake runs
+        m, env = self.mistake, self.env
+        if m is None or self.phase != "approach":
+            return action
+        pos = env.cube_pos(self.cube)
+        if m["steps"] == 0 and np.linalg.norm(env.tcp[:2] - pos[:2]) > 0.06:
+            return action
+        m["steps"] += 1
+        if m["steps"] > 8 or env.tcp[2] < 0.045:
+            self.mistake = None  # one per episode
+            return action
+        goal = np.array([*(pos[:2] + m["offset"]), GRASP_HEIGHT + 0.01, env.target_pose[3]])
+        return np.clip(self.toward(goal, OPEN), -1.0, 1.0).astype(np.float32)
 
     def place(self) -> tuple[np.ndarray, float]:
         """(x, y) where the cube goes and the height of its centre there."""

@@ -80,6 +80,35 @@ def test_noisy_expert_records_its_own_action_not_the_executed_one():
     np.testing.assert_allclose(episode.actions[:5], labels)  # same seed, same noise: same run
 
 
+def test_mistaken_descents_are_executed_beside_the_cube_and_recovered_from():
+    """collect mistakes=1: the pick_place expert starts down 2.5-5 cm beside the cube, records the
+    way back (rise, approach again) instead, and still succeeds."""
+    env = envs.make_env("pick_place", image_size=32)
+    offsets, differed = [], 0
+    for seed in range(6):
+        expert = make_expert(env, noise=0.3, mistakes=1.0)
+        obs, _ = env.reset(seed=seed)
+        expert.reset(seed)
+        task, offset, success = env.unwrapped, None, False
+        for _ in range(task.max_episode_steps):
+            action = expert(obs)
+            differed += not np.allclose(action, expert.label, atol=0.35)  # far beyond the motion noise
+            if offset is None and task.tcp[2] < 0.06:
+                offset = float(np.linalg.norm(task.tcp[:2] - task.cube_pos()[:2]))
+            obs, _, terminated, truncated, info = env.step(action)
+            success = bool(info["is_success"])
+            if terminated or truncated:
+                break
+        assert success, seed
+        offsets.append(offset)
+    env.close()
+    assert max(offsets) > 0.025 and differed > 0  # descents where the cube is not, not demonstrated
+    with pytest.raises(PixioError, match="only the grasping tasks"):
+        make_expert(envs.make_env("push", cameras=None), mistakes=0.5)
+    with pytest.raises(PixioError, match="between 0 and 1"):
+        make_expert(envs.make_env("pick_place", cameras=None), mistakes=1.5)
+
+
 def test_same_seed_same_first_observation_and_trajectory():
     def run(seed):
         env = envs.make_env("stack", cameras=["front", "wrist"], image_size=48, environment_state=True)
