@@ -24,6 +24,13 @@ class DemoConfig:
     noise: float = field(
         default=0.3, metadata={"help": "expert action noise while recording (DART: the data shows recoveries)"}
     )
+    mistakes: float | None = field(
+        default=None,
+        metadata={
+            "help": "pick_place, stack: probability per episode of a recorded recovery from a descent beside "
+            "the cube (collect mistakes=; default: pick_place 1, others 0)"
+        },
+    )
     policy_head: str = field(
         default="keypoints", metadata={"help": "policy head: keypoints, cortexbench, spatial, chunking"}
     )

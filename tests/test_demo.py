@@ -120,6 +120,8 @@ def test_unknown_task_or_head_and_bad_noise_are_refused_before_anything_is_writt
         ("task=metaworld/fly", "unknown MetaWorld task 'fly'"),
         ("policy_head=mlp", "unknown head 'mlp'"),
         ("noise=-1", "noise=-1.0: give a finite standard deviation"),
+        ("mistakes=0.5", "mistakes=0.5: only the grasping tasks (pick_place, stack)"),  # the default task: push
+        ("mistakes=2", "mistakes=2.0: give a probability per episode between 0 and 1"),
     ):
         assert main(["demo", f"out={out}", option, *SMALL]) == 2
         assert message in capsys.readouterr().err
@@ -158,3 +160,12 @@ def test_default_cameras_follow_the_task_and_an_explicit_list_wins():
     assert _cameras(DemoConfig(task="pick_place")) == ["front", "wrist"]  # the wrist view is what made it work
     assert _cameras(DemoConfig(task="metaworld/drawer-open")) == ["corner2"]
     assert _cameras(DemoConfig(task="pick_place", cameras=["front"])) == ["front"]
+
+
+def test_pick_place_records_recoveries_by_default_and_an_explicit_value_wins():
+    from demo.commands import DemoConfig
+    from demo.pipeline import _mistakes
+
+    assert _mistakes(DemoConfig(task="pick_place")) == 1.0  # 76% against 54% without (README)
+    assert _mistakes(DemoConfig(task="push")) == 0.0
+    assert _mistakes(DemoConfig(task="pick_place", mistakes=0)) == 0.0
