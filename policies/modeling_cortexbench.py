@@ -35,8 +35,11 @@ class BatchNormMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, last_hidden: bool = False):
         """The output; with `last_hidden`, (output, the last hidden layer's activations)."""
-        hidden = self.mlp[:-1](self.input_norm(x))
-        out = self.mlp[-1](hidden)
+        *body, last = self.mlp  # (slicing the Sequential would build a new module every step)
+        hidden = self.input_norm(x)
+        for layer in body:
+            hidden = layer(hidden)
+        out = last(hidden)
         return (out, hidden) if last_hidden else out
 
 
