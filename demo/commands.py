@@ -31,13 +31,6 @@ class DemoConfig:
             "the cube (collect mistakes=; default: pick_place 1, others 0)"
         },
     )
-    place_mistakes: float | None = field(
-        default=None,
-        metadata={
-            "help": "pick_place, stack: probability per episode of a recorded correction after a lowering beside "
-            "the place (collect place_mistakes=; default 0)"
-        },
-    )
     policy_head: str = field(
         default="keypoints", metadata={"help": "policy head: keypoints, cortexbench, spatial, chunking"}
     )

@@ -61,8 +61,7 @@ def _collect(cfg: DemoConfig, out: Path, done: dict) -> dict:
             seed=0,
             workers=cfg.workers,
             noise=cfg.noise,
-            mistakes=_mistakes(cfg, "mistakes"),
-            place_mistakes=_mistakes(cfg, "place_mistakes"),
+            mistakes=_mistakes(cfg),
             progress=cfg.progress,
         )
     )
@@ -79,12 +78,11 @@ DEFAULT_CAMERAS = {"pick_place": ["front", "wrist"]}
 
 # Recorded recoveries from mistaken descents: pick_place's pixel policies mostly failed by starting
 # down beside the cube (README, "Where pick_place still fails": 79/100 with them against 71/100).
-DEFAULT_MISTAKES = {"mistakes": {"pick_place": 1.0}, "place_mistakes": {}}
+DEFAULT_MISTAKES = {"pick_place": 1.0}
 
 
-def _mistakes(cfg: DemoConfig, name: str) -> float:
-    asked = getattr(cfg, name)
-    return asked if asked is not None else DEFAULT_MISTAKES[name].get(cfg.task, 0.0)
+def _mistakes(cfg: DemoConfig) -> float:
+    return cfg.mistakes if cfg.mistakes is not None else DEFAULT_MISTAKES.get(cfg.task, 0.0)
 
 
 def _cameras(cfg: DemoConfig) -> list[str]:
@@ -277,12 +275,12 @@ def _check(cfg: DemoConfig) -> None:
         raise PixioError(f"views={cfg.views}: the reconstruction needs at least 2 views")
     if not math.isfinite(cfg.noise) or cfg.noise < 0:
         raise PixioError(f"noise={cfg.noise}: give a finite standard deviation >= 0")
-    if cfg.mistakes or cfg.place_mistakes:  # the expert's own check, before anything is recorded
+    if cfg.mistakes:  # the expert's own check, before anything is recorded
         from envs.experts import make_expert
 
         env = EnvSpec.parse(cfg.task, cameras=None).make()
         try:
-            make_expert(env, cfg.noise, cfg.mistakes or 0.0, cfg.place_mistakes or 0.0)
+            make_expert(env, cfg.noise, cfg.mistakes)
         finally:
             env.close()
     from policies.heads import head_config

@@ -37,7 +37,7 @@ def collect(cfg) -> int:
         raise PixioError(f"{root} holds something other than a pixio-robot dataset: refusing to write there")
     env = spec.make()
     try:
-        make_expert(env, cfg.noise, cfg.mistakes, cfg.place_mistakes)  # refuses mistakes the expert cannot make
+        make_expert(env, cfg.noise, cfg.mistakes)  # refuses mistakes the task's expert cannot make
         meta = env_metadata(spec, env)
         env_state_dim = (
             env.observation_space["environment_state"].shape[0] if spec.kwargs.get("environment_state") else None
@@ -45,9 +45,8 @@ def collect(cfg) -> int:
     finally:
         env.close()
     collection = {"policy": "scripted expert", "noise": cfg.noise, "keep_failed": cfg.keep_failed}
-    for name in ("mistakes", "place_mistakes"):
-        if getattr(cfg, name):
-            collection[name] = getattr(cfg, name)
+    if cfg.mistakes:
+        collection["mistakes"] = cfg.mistakes
     writer = DemoWriter(root, meta, env_state_dim, cfg.append, cfg.commit_every, collection)
     start = cfg.seed if cfg.seed is not None else writer.next_seed
     used = {e["seed"] for e in writer.episodes}
@@ -63,11 +62,7 @@ def collect(cfg) -> int:
     try:
         with writer:
             episodes = run_episodes(
-                spec,
-                itertools.count(start),
-                expert_policy(cfg.noise, cfg.mistakes, cfg.place_mistakes),
-                cfg.workers,
-                record=True,
+                spec, itertools.count(start), expert_policy(cfg.noise, cfg.mistakes), cfg.workers, record=True
             )
             try:
                 for ep in episodes:

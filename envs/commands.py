@@ -63,13 +63,6 @@ class CollectConfig(EnvOptions):
             "recorded (the recorded actions rise and approach again)"
         },
     )
-    place_mistakes: float = field(
-        default=0.0,
-        metadata={
-            "help": "pick_place, stack: probability per episode of one lowering beside the place, executed but not "
-            "recorded (the recorded actions slide over the place at that height and put the cube down)"
-        },
-    )
     keep_failed: bool = field(default=False, metadata={"help": "also keep episodes that did not succeed"})
     append: bool = field(default=False, metadata={"help": "add episodes to an existing dataset"})
     commit_every: int = field(default=10, metadata={"help": "episodes per crash-safe commit"})

@@ -36,30 +36,25 @@ class Policy(Protocol):
     def __call__(self, observation: dict[str, Any]) -> np.ndarray: ...
 
 
-def make_expert(env: gym.Env, noise: float = 0.0, mistakes: float = 0.0, place_mistakes: float = 0.0) -> Policy:
-    """The scripted expert of `env` (own task or MetaWorld), bound to it. `mistakes`,
-    `place_mistakes`: see `PickExpert` (the grasping tasks only)."""
-    asked = {"mistakes": mistakes, "place_mistakes": place_mistakes}
-    for name, p in asked.items():
-        if not (math.isfinite(p) and 0 <= p <= 1):
-            raise PixioError(f"{name}={p}: give a probability per episode between 0 and 1")
-    asked = {name: p for name, p in asked.items() if p}
+def make_expert(env: gym.Env, noise: float = 0.0, mistakes: float = 0.0) -> Policy:
+    """The scripted expert of `env` (own task or MetaWorld), bound to it. `mistakes`: see
+    `PickExpert` (the grasping tasks only)."""
+    if not (math.isfinite(mistakes) and 0 <= mistakes <= 1):
+        raise PixioError(f"mistakes={mistakes}: give a probability per episode between 0 and 1")
     base = env.unwrapped
     for env_type, expert in _EXPERTS.items():
         if isinstance(base, env_type):
-            if asked and not issubclass(expert, PickExpert):
-                name = next(iter(asked))
+            if mistakes and not issubclass(expert, PickExpert):
                 raise PixioError(
-                    f"{name}={asked[name]}: only the grasping tasks (pick_place, stack) have a grasp and a place to "
-                    f"get wrong; use {name}=0"
+                    f"mistakes={mistakes}: only the grasping tasks (pick_place, stack) have a grasp to get wrong; "
+                    "use mistakes=0"
                 )
-            return expert(base, noise, **asked)
+            return expert(base, noise, mistakes) if mistakes else expert(base, noise)
     from .metaworld_env import MetaWorldEnv, MetaWorldExpert
 
     if isinstance(base, MetaWorldEnv):
-        if asked:
-            name = next(iter(asked))
-            raise PixioError(f"{name}={asked[name]}: MetaWorld's scripted policies have none; use {name}=0")
+        if mistakes:
+            raise PixioError(f"mistakes={mistakes}: MetaWorld's scripted policies have none; use mistakes=0")
         return MetaWorldExpert(base, noise)
     raise PixioError(f"no scripted expert for {type(base).__name__}")
 
@@ -122,51 +117,28 @@ class PickExpert(TabletopExpert):
     6 cm of the cube on its approach, the expert executes a descent toward a point 2.5-5 cm
     beside it (for up to 8 steps, until the tool is 4.5 cm high) while it records what it would
     have done, rise and approach again (DART at the grasp decision: the data shows the way back
-    from the mistake pixel policies make, not the mistake).
-
-    `place_mistakes`: the same at the place. Once the carried cube is within 6 cm of where it
-    goes, the expert executes a lowering toward a point 2.5-5 cm beside it (until the cube is
-    2.5 cm above its resting height, at most 8 steps) and records the correction from there: slide
-    over the place at the height reached, then put the cube down. A pixel policy that misjudges
-    the place by a few centimetres otherwise only ever saw "low and holding" right after the
-    grasp, where the expert lifts."""
+    from the mistake pixel policies make, not the mistake)."""
 
     env: PickPlace | Stack
     cube = "cube"
     MISTAKE_RADIUS = (0.025, 0.05)
 
-    def __init__(self, env: PickPlace | Stack, noise: float = 0.0, mistakes: float = 0.0, place_mistakes: float = 0.0):
-        self.mistakes, self.place_mistakes = float(mistakes), float(place_mistakes)
+    def __init__(self, env: PickPlace | Stack, noise: float = 0.0, mistakes: float = 0.0):
+        self.mistakes = float(mistakes)
         super().__init__(env, noise)
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
-        # drawn in this order and only when asked for: datasets without them stay as they were
-        self.mistake = self._draw_mistake(self.mistakes)
-        self.place_mistake = self._draw_mistake(self.place_mistakes)
-        self.slide = False  # carrying on at the height a place mistake left the cube
-
-    def _draw_mistake(self, probability: float) -> dict | None:
-        if probability > 0 and self.rng.uniform() < probability:
+        self.mistake: dict | None = None
+        if self.mistakes > 0 and self.rng.uniform() < self.mistakes:  # no draw at 0: datasets stay as they were
             angle, radius = self.rng.uniform(0, 2 * math.pi), self.rng.uniform(*self.MISTAKE_RADIUS)
-            return {"offset": radius * np.array([math.cos(angle), math.sin(angle)]), "steps": 0}
-        return None
+            self.mistake = {"offset": radius * np.array([math.cos(angle), math.sin(angle)]), "steps": 0}
 
     def __call__(self, observation=None) -> np.ndarray:
-        env, pm = self.env, self.place_mistake
-        if pm is not None and pm["steps"] == 0 and self.phase == "carry":
-            (px, py), _ = self.place()
-            # from here on the recorded labels slide at the height reached (set before this step's label)
-            self.slide = bool(np.linalg.norm(env.cube_pos(self.cube)[:2] - [px, py]) < 0.06)
         action = super().__call__(observation)  # records the label; executed unless a mistake runs
-        if self.mistake is not None and self.phase == "approach":
-            return self._grasp_mistake(action)
-        if pm is not None and self.slide and self.phase == "carry":
-            return self._place_mistake(action)
-        return action
-
-    def _grasp_mistake(self, action: np.ndarray) -> np.ndarray:
         m, env = self.mistake, self.env
+        if m is None or self.phase != "approach":
+            return action
         pos = env.cube_pos(self.cube)
         if m["steps"] == 0 and np.linalg.norm(env.tcp[:2] - pos[:2]) > 0.06:
             return action
@@ -176,21 +148,6 @@ class PickExpert(TabletopExpert):
             return action
         goal = np.array([*(pos[:2] + m["offset"]), GRASP_HEIGHT + 0.01, env.target_pose[3]])
         return np.clip(self.toward(goal, OPEN), -1.0, 1.0).astype(np.float32)
-
-    def _place_mistake(self, action: np.ndarray) -> np.ndarray:
-        m, env = self.place_mistake, self.env
-        (px, py), pz = self.place()
-        m["steps"] += 1
-        if m["steps"] > 8 or env.cube_pos(self.cube)[2] < pz + 0.025:
-            self.place_mistake = None  # one per episode; the slide goes on
-            return action
-        x, y = np.array([px, py]) + self.offset[:2] + m["offset"]
-        goal = np.array([x, y, pz + self.offset[2] + 0.02, env.target_pose[3]])
-        return np.clip(self.toward(goal, CLOSED), -1.0, 1.0).astype(np.float32)
-
-    def go(self, phase: str) -> None:
-        super().go(phase)
-        self.slide = self.slide and phase == "carry"
 
     def place(self) -> tuple[np.ndarray, float]:
         """(x, y) where the cube goes and the height of its centre there."""
@@ -233,8 +190,7 @@ class PickExpert(TabletopExpert):
                 self.go("carry")
             return goal, CLOSED
         if self.phase == "carry":
-            height = self.env.target_pose[2] if self.slide else above
-            goal = np.array([px + self.offset[0], py + self.offset[1], height, hold[3]])
+            goal = np.array([px + self.offset[0], py + self.offset[1], above, hold[3]])
             if np.linalg.norm(pos[:2] - [px, py]) < 0.006:
                 self.go("lower")
             return goal, CLOSED

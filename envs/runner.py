@@ -30,9 +30,9 @@ from .registry import EnvSpec
 PolicyFactory = Callable[[gym.Env], Policy]
 
 
-def expert_policy(noise: float = 0.0, mistakes: float = 0.0, place_mistakes: float = 0.0) -> PolicyFactory:
+def expert_policy(noise: float = 0.0, mistakes: float = 0.0) -> PolicyFactory:
     """The factory of the environment's scripted expert (picklable)."""
-    return functools.partial(make_expert, noise=noise, mistakes=mistakes, place_mistakes=place_mistakes)
+    return functools.partial(make_expert, noise=noise, mistakes=mistakes)
 
 
 @dataclass

@@ -122,7 +122,6 @@ def test_unknown_task_or_head_and_bad_noise_are_refused_before_anything_is_writt
         ("noise=-1", "noise=-1.0: give a finite standard deviation"),
         ("mistakes=0.5", "mistakes=0.5: only the grasping tasks (pick_place, stack)"),  # the default task: push
         ("mistakes=2", "mistakes=2.0: give a probability per episode between 0 and 1"),
-        ("place_mistakes=0.5", "place_mistakes=0.5: only the grasping tasks (pick_place, stack)"),
     ):
         assert main(["demo", f"out={out}", option, *SMALL]) == 2
         assert message in capsys.readouterr().err
@@ -167,8 +166,6 @@ def test_pick_place_records_recoveries_by_default_and_an_explicit_value_wins():
     from demo.commands import DemoConfig
     from demo.pipeline import _mistakes
 
-    assert _mistakes(DemoConfig(task="pick_place"), "mistakes") == 1.0  # 76% against 54% without (README)
-    assert _mistakes(DemoConfig(task="push"), "mistakes") == 0.0
-    assert _mistakes(DemoConfig(task="pick_place", mistakes=0), "mistakes") == 0.0
-    assert _mistakes(DemoConfig(task="pick_place"), "place_mistakes") == 0.0
-    assert _mistakes(DemoConfig(task="pick_place", place_mistakes=0.5), "place_mistakes") == 0.5
+    assert _mistakes(DemoConfig(task="pick_place")) == 1.0  # 76% against 54% without (README)
+    assert _mistakes(DemoConfig(task="push")) == 0.0
+    assert _mistakes(DemoConfig(task="pick_place", mistakes=0)) == 0.0
