@@ -34,7 +34,9 @@ class DemoConfig:
     policy_head: str = field(
         default="keypoints", metadata={"help": "policy head: keypoints, cortexbench, spatial, chunking"}
     )
-    epochs: int = field(default=100, metadata={"help": "training epochs of the head"})
+    epochs: int | None = field(
+        default=None, metadata={"help": "training epochs of the head (default 100; pick_place 80)"}
+    )
     episodes: int = field(default=50, metadata={"help": "evaluation episodes (held-out seeds)"})
     views: int = field(default=4, metadata={"help": "views of the reconstructed scene"})
     image_size: int = field(default=128, metadata={"help": "camera images (pixels, square)"})
