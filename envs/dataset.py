@@ -278,12 +278,6 @@ class DemoWriter:
         from lerobot.configs.video import RGBEncoderConfig
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        # Streaming encoding: LeRobot feeds each frame to the video encoder as it is added instead
-        # of writing PNGs that save_episode reads back and encodes; this one writing process, not
-        # the environment workers, set the recording time (40 pick_place episodes with two
-        # cameras: 29.5-31.8 s against 35.4-36.7 s). The frames decode identically; only the
-        # recorded image statistics (which no policy here reads) come from every pixel.
-
         if inspect_path(self.root) == "ours":
             journal.begin(self.root, REWRITTEN)  # from here on, rollback-able
             self._ds = LeRobotDataset.resume(
@@ -291,7 +285,6 @@ class DemoWriter:
                 root=self.root,
                 video_backend=video_backend(),
                 rgb_encoder=RGBEncoderConfig(**VIDEO_CODEC),  # every segment lossless, not only the first
-                streaming_encoding=True,
             )
         else:
             self._staging = self.root.parent / f"{TMP_PREFIX}{self.root.name}-{uuid.uuid4().hex[:8]}"
@@ -305,7 +298,6 @@ class DemoWriter:
                 use_videos=True,
                 video_backend=video_backend(),
                 rgb_encoder=RGBEncoderConfig(**VIDEO_CODEC),
-                streaming_encoding=True,
             )
         self._in_segment = 0
 
