@@ -122,8 +122,6 @@ class PickExpert(TabletopExpert):
     env: PickPlace | Stack
     cube = "cube"
     MISTAKE_RADIUS = (0.025, 0.05)
-    PLACE_SLOPE = 1.5
-    GRASP_SLOPE = 1.5
 
     def __init__(self, env: PickPlace | Stack, noise: float = 0.0, mistakes: float = 0.0):
         self.mistakes = float(mistakes)
@@ -162,20 +160,19 @@ class PickExpert(TabletopExpert):
         (px, py), pz = self.place()
         above = max(CARRY_HEIGHT, pz + half + 0.08)
         self.timer += 1
-        carrying = self.phase in ("lift", "carry")
+        carrying = self.phase in ("lift", "carry", "lower")
         if carrying and not env.held(cube):
             self.go("approach")  # dropped it: start over from where it lies
         if self.phase == "start":
             self.go("approach")
         if self.phase == "approach":
-            # The same funnel over the cube: the lower the tool, the closer it must be in x, y
-            # and yaw (the open fingers clear the cube's sides only when nearly over it).
-            hover, bottom = max(pos[2] + half + 0.05, 0.08), max(pos[2] - 0.004, GRASP_HEIGHT)
-            off = float(np.linalg.norm(env.tcp[:2] - pos[:2]))
-            turn = abs(_wrap(env.tool_yaw - yaw))
-            z = bottom + min(hover - bottom, self.GRASP_SLOPE * max(0.0, off - 0.006) + 0.15 * max(0.0, turn - 0.06))
-            goal = np.array([pos[0], pos[1], z, yaw])
-            if env.tcp[2] < bottom + 0.006 and off < 0.012 and turn < 0.1 or (self.timer > 40 and off < 0.012):
+            goal = np.array([pos[0], pos[1], max(pos[2] + half + 0.05, 0.08), yaw])
+            if self.near(goal, xy=0.008, z=0.03, yaw=0.06):
+                self.go("descend")
+            return goal, OPEN
+        if self.phase == "descend":
+            goal = np.array([pos[0], pos[1], max(pos[2] - 0.004, GRASP_HEIGHT), yaw])
+            if self.near(goal, xy=0.012, z=0.006, yaw=0.1) or self.timer > 25:
                 self.go("grasp")
             return goal, OPEN
         hold = env.target_pose
@@ -193,16 +190,15 @@ class PickExpert(TabletopExpert):
                 self.go("carry")
             return goal, CLOSED
         if self.phase == "carry":
-            # Down a funnel over the place: the height aimed at is a continuous function of the
-            # cube's distance from it (PLACE_SLOPE m per m), so a policy that misjudges that
-            # distance by a centimetre is a centimetre high, never torn between "carry at full
-            # height" and "lower" as a phase switch would label the same low, nearly-there states.
-            low = pz + self.offset[2] + 0.004
-            off = float(np.linalg.norm(pos[:2] - [px, py]))
-            z = low + min(above - low, self.PLACE_SLOPE * max(0.0, off - 0.008))
-            if pos[2] < pz + 0.006 and off < 0.015:
+            goal = np.array([px + self.offset[0], py + self.offset[1], above, hold[3]])
+            if np.linalg.norm(pos[:2] - [px, py]) < 0.006:
+                self.go("lower")
+            return goal, CLOSED
+        if self.phase == "lower":
+            goal = np.array([px + self.offset[0], py + self.offset[1], pz + self.offset[2] + 0.004, hold[3]])
+            if pos[2] < pz + 0.006 or self.timer > 40:
                 self.go("release")
-            return np.array([px + self.offset[0], py + self.offset[1], z, hold[3]]), CLOSED
+            return goal, CLOSED
         if self.phase == "release":
             if self.timer >= 4:
                 self.go("retreat")
