@@ -7,6 +7,7 @@ frozen encoders, for two protocols.
     uv run python benchmarks/policy_results.py --table          # the table from what is done
     uv run python benchmarks/policy_results.py --protocol cortexbench   # the earlier table
     uv run python benchmarks/policy_results.py --protocol benchmark-wrist   # front + wrist, encoder v2
+    uv run python benchmarks/policy_results.py --protocol benchmark-sharp   # the same, today's keypoint head
 
 Every number comes from three commands (collect, train-policy, eval-policy); --dry-run prints
 those still to run. Steps whose output exists are skipped, and a cell whose result exists is
@@ -28,6 +29,11 @@ done, so the script resumes where it stopped.
 and encoder that worked best on pick_place: demonstrations recorded from `front` and `wrist`,
 policies reading both (`cameras=[front,wrist]`), (a) and (b) on the default encoder v2
 (`sim_vitn16_v2`).
+
+`--protocol benchmark-sharp` (outputs/policy_benchmark_sharp): benchmark-wrist's cells on the
+same demonstrations (read from outputs/policy_benchmark_wrist/data, recorded there once) with the
+keypoint head's current defaults (a set of sharp maps per camera) instead of the earlier shared
+maps at temperature 1; (c) is benchmark-wrist's.
 
 `--protocol cortexbench` (the earlier table, outputs/policy_results): CortexBench's protocol
 scaled to 2 shared CPU cores (see the README for the reasons):
@@ -68,6 +74,7 @@ METAWORLD = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "
 
 BENCHMARK_ROOT = Path("outputs/policy_benchmark")
 WRIST_ROOT = Path("outputs/policy_benchmark_wrist")
+SHARP_ROOT = Path("outputs/policy_benchmark_sharp")
 BENCHMARK_TASKS = {  # table row -> the collect options that make its environment
     "reach": ["env=reach"],
     "push": ["env=push"],
@@ -75,9 +82,12 @@ BENCHMARK_TASKS = {  # table row -> the collect options that make its environmen
     "stack": ["env=stack"],
     "push-hard": ["env=push", "difficulty=hard"],
 }
+# The keypoint head as these tables measured it: one set of maps shared by the cameras, starting
+# at temperature 1 (the head's defaults until per-camera sharp maps replaced them).
+EARLIER_KEYPOINTS = ["head=keypoints", "head.per_view=false", "head.temperature=1.0"]
 BENCHMARK_POLICIES = {
-    "a": [f"encoder={SMALL_ENCODER}", "head=keypoints"],
-    "b": [f"encoder={SMALL_ENCODER}", "encoder_init=random", "head=keypoints"],
+    "a": [f"encoder={SMALL_ENCODER}", *EARLIER_KEYPOINTS],
+    "b": [f"encoder={SMALL_ENCODER}", "encoder_init=random", *EARLIER_KEYPOINTS],
     "c": ["encoder=oracle", "head=cortexbench"],
 }
 BENCHMARK_NAMES = {
@@ -88,9 +98,12 @@ BENCHMARK_NAMES = {
 SEEDS = (100, 200)
 
 
-def benchmark_commands(root: Path, task: str, policy: str, seed: int, wrist: bool) -> list[tuple[Path, list[str]]]:
-    """(output that marks the step done, pixio-robot arguments) for one cell of the benchmark table."""
-    data = root / "data" / task
+def benchmark_commands(
+    root: Path, task: str, policy: str, seed: int, wrist: bool, sharp: bool = False, data_root: Path | None = None
+) -> list[tuple[Path, list[str]]]:
+    """(output that marks the step done, pixio-robot arguments) for one cell of the benchmark table;
+    `sharp`: the keypoint head's current defaults instead of the tables' earlier ones."""
+    data = (data_root or root / "data") / task
     run, result = root / "runs" / task / f"{policy}-{seed}", root / "results" / task / f"{policy}-{seed}"
     cameras = "cameras=[front,wrist]" if wrist else "cameras=[front]"
     collect = ["collect", *BENCHMARK_TASKS[task], "episodes=300", "noise=0.3", "environment_state=true"]
@@ -98,6 +111,8 @@ def benchmark_commands(root: Path, task: str, policy: str, seed: int, wrist: boo
     options = BENCHMARK_POLICIES[policy]
     if wrist and policy != "c":  # the oracle reads the object state, no camera
         options = [f"encoder={WRIST_ENCODER}", *options[1:], cameras]  # options[0] is the encoder
+    if sharp and policy != "c":
+        options = [o for o in options if o not in EARLIER_KEYPOINTS] + ["head=keypoints"]
     train = ["train-policy", f"dataset={data}", *options, "epochs=100", f"seed={seed}"]
     train += ["eval_every=0", f"out={run}"]
     evaluate = ["eval-policy", f"policy={run}/checkpoints/best", "episodes=50", "workers=2", "videos=2"]
@@ -105,7 +120,7 @@ def benchmark_commands(root: Path, task: str, policy: str, seed: int, wrist: boo
     return [(data / "meta/pixio_env.json", collect), (run / "summary.json", train), (result / "result.json", evaluate)]
 
 
-def benchmark_table(root: Path, wrist: bool) -> str:
+def benchmark_table(root: Path, wrist: bool, sharp: bool = False) -> str:
     from policies import two_proportion_test, wilson_interval
 
     def result(task, policy, seed):
@@ -137,6 +152,7 @@ def benchmark_table(root: Path, wrist: bool) -> str:
         lines.append(f"\n(a) - (b) over the {len(paired)} (task, seed) pairs run for both: {compare(paired)}.")
     legend = "; ".join(f"({k}) {v}" for k, v in BENCHMARK_NAMES.items())
     seen = f"`front` + `wrist`, encoder {WRIST_ENCODER}" if wrist else f"`front`, encoder {SMALL_ENCODER}"
+    seen += "; keypoint head: sharp maps per camera (its current defaults)" if sharp else ""
     return "\n".join(lines) + f"\n\nSuccesses/episodes = rate (95% Wilson interval). Policies: {legend}; {seen}.\n"
 
 
@@ -245,8 +261,11 @@ def table(root: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", choices=("benchmark", "benchmark-wrist", "cortexbench"), default="benchmark")
-    parser.add_argument("--root", type=Path, help="default: outputs/policy_benchmark[_wrist] or outputs/policy_results")
+    protocols = ("benchmark", "benchmark-wrist", "benchmark-sharp", "cortexbench")
+    parser.add_argument("--protocol", choices=protocols, default="benchmark")
+    parser.add_argument(
+        "--root", type=Path, help="default: outputs/policy_benchmark[_wrist|_sharp] or outputs/policy_results"
+    )
     parser.add_argument(
         "--tasks", help=f"comma-separated; benchmark: {','.join(BENCHMARK_TASKS)}; cortexbench: {','.join(TASKS)}"
     )
@@ -263,8 +282,11 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--table", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
-    benchmark, wrist = args.protocol.startswith("benchmark"), args.protocol == "benchmark-wrist"
-    root = args.root or (WRIST_ROOT if wrist else BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT)
+    benchmark, sharp = args.protocol.startswith("benchmark"), args.protocol == "benchmark-sharp"
+    wrist = sharp or args.protocol == "benchmark-wrist"
+    default_root = SHARP_ROOT if sharp else WRIST_ROOT if wrist else BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT
+    root = args.root or default_root
+    data_root = WRIST_ROOT / "data" if sharp and args.root is None else None  # benchmark-wrist's recordings
     tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS if benchmark else TASKS)
     encoders = args.encoders.split(",") if args.encoders else (["a", "b", "c"] if benchmark else ["c", "b", "a"])
     seeds = args.seeds.split(",")
@@ -277,7 +299,7 @@ def main() -> int:
     if not args.table:
         if benchmark:
             cells = [(t, e, int(s)) for t in tasks for e in encoders for s in seeds]
-            steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s, wrist)) for t, e, s in cells]
+            steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s, wrist, sharp, data_root)) for t, e, s in cells]
         else:
             steps = [
                 (f"{t}-{h}-{e}", commands(root, t, e, h, args.episodes or (10 if is_metaworld(t) else 50)))
@@ -291,7 +313,7 @@ def main() -> int:
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break
-    text = benchmark_table(root, wrist) if benchmark else table(root)
+    text = benchmark_table(root, wrist, sharp) if benchmark else table(root)
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
         (root / "table.md").write_text(text)

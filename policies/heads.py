@@ -36,6 +36,8 @@ _LATER_OPTIONS = {
     "temporal_ensemble_coeff",
     "n_action_steps",
     "aux_state",
+    "per_view",
+    "temperature",
 }
 HeadConfig = CortexBenchConfig | KeypointsConfig | SpatialConfig | ChunkingConfig
 
@@ -49,7 +51,12 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
         raise PixioError(f"unknown head {name!r}: choose one of {', '.join(HEAD_CONFIGS)}")
     cls = HEAD_CONFIGS[name]
     known = {f.name for f in dataclasses.fields(cls)}
-    if "fusion" in known and "fusion" not in value and set(value) >= known - _LATER_OPTIONS:
+    complete = set(value) >= known - _LATER_OPTIONS  # a head saved in a policy's config.json
+    if "per_view" in known and "per_view" not in value and complete:
+        # A keypoint head saved before per-camera maps: one set of maps shared by the cameras, at
+        # an initial temperature of 1, as it was trained.
+        value = {"per_view": False, "temperature": 1.0, **value}
+    if "fusion" in known and "fusion" not in value and complete:
         # A complete head saved before FLARE fusion existed (every other option present): those
         # heads stacked the frames and must keep doing so to give the actions they were trained for.
         value = {**value, "fusion": "stack", "last_layer_scale": 1.0}
@@ -64,18 +71,30 @@ def head_config(value: dict | HeadConfig) -> HeadConfig:
     aux = getattr(config, "aux_state", 0.0)
     if not (aux >= 0 and math.isfinite(aux)):
         raise PixioError(f"head.aux_state={aux}: give a loss weight >= 0 (0: no auxiliary state loss)")
+    temperature = getattr(config, "temperature", 1.0)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise PixioError(f"head.temperature={temperature}: give an initial softmax temperature > 0 (e.g. 0.1)")
     if getattr(config, "n_action_steps", 1) > config.chunk_size:
         raise PixioError(f"head {name}: n_action_steps={config.n_action_steps} exceeds chunk_size={config.chunk_size}")
     return config
 
 
 def make_head(
-    config: HeadConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int, aux_dim: int = 0
+    config: HeadConfig,
+    feature_dim: int,
+    grid: tuple[int, int],
+    state_dim: int,
+    action_dim: int,
+    aux_dim: int = 0,
+    views: int = 1,
 ):
-    """The head module; `aux_dim` > 0 adds the read-out of `aux_state` (the object state's size)."""
+    """The head module; `aux_dim` > 0 adds the read-out of `aux_state` (the object state's size);
+    `views`: how many cameras' grids lie side by side in `grid` (h, views * w)."""
     module, _, cls = HEADS[config.name][1].partition(":")
     extra = {"aux_dim": aux_dim} if aux_dim else {}
-    return getattr(importlib.import_module(module), cls)(config, feature_dim, grid, state_dim, action_dim, **extra)
+    return getattr(importlib.import_module(module), cls)(
+        config, feature_dim, grid, state_dim, action_dim, views=views, **extra
+    )
 
 
 def head_inputs(config: HeadConfig) -> tuple[str, ...]:

@@ -19,7 +19,13 @@ class ChunkingHead(nn.Module):
     inputs = ("patches",)
 
     def __init__(
-        self, config: ChunkingConfig, feature_dim: int, grid: tuple[int, int], state_dim: int, action_dim: int
+        self,
+        config: ChunkingConfig,
+        feature_dim: int,
+        grid: tuple[int, int],
+        state_dim: int,
+        action_dim: int,
+        views: int = 1,  # (its attention reads the joined grid with learned positions: no split needed)
     ):
         super().__init__()
         self.config = config

@@ -73,10 +73,11 @@ class CortexBenchHead(nn.Module):
         state_dim: int,
         action_dim: int,
         aux_dim: int = 0,
+        views: int = 1,
     ):
         super().__init__()
         self.config = config
-        self.action_dim = action_dim
+        self.action_dim, self.views = action_dim, views  # views: cameras side by side in the grid
         code_dim = self.build_frame_encoder(feature_dim, grid)
         in_dim = config.history * code_dim + (state_dim if config.use_state else 0)
         self.net = BatchNormMLP(

@@ -10,6 +10,8 @@ so it trains on cached features as fast as the CortexBench head.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -19,32 +21,59 @@ from .modeling_cortexbench import CortexBenchHead
 
 
 class SpatialSoftmax(nn.Module):
-    def __init__(self, in_dim: int, keypoints: int, grid: tuple[int, int], values: int = 0):
+    """`keypoints` heat maps per view over a grid of `views` cameras' patch grids side by side
+    (h, views * w). With `views` > 1 every camera has its own maps, each normalised over that
+    camera's grid alone, and x runs over [-1, 1] within each camera."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        keypoints: int,
+        grid: tuple[int, int],
+        values: int = 0,
+        views: int = 1,
+        temperature: float = 1.0,
+    ):
         super().__init__()
-        self.keypoints, self.values = keypoints, values
-        self.score = nn.Linear(in_dim, keypoints)
-        self.value = nn.Linear(in_dim, keypoints * values) if values else None
-        self.log_temperature = nn.Parameter(torch.zeros(()))
         h, w = grid
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        self.register_buffer("pos", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)  # (h*w, 2)
+        if w % views:
+            raise ValueError(f"a grid {h}x{w} does not hold {views} views of one width")
+        self.keypoints, self.values, self.views = keypoints, values, views
+        # one row block per view: view v's tokens meet only rows v*K:(v+1)*K
+        self.score = nn.Linear(in_dim, views * keypoints)
+        self.value = nn.Linear(in_dim, views * keypoints * values) if values else None
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w // views), indexing="ij")
+        self.register_buffer("pos", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)  # (h*w', 2)
 
     @property
     def out_dim(self) -> int:
-        return self.keypoints * (2 + self.values)
+        return self.views * self.keypoints * (2 + self.values)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, h, w, D) -> (N, keypoints * (2 + values)): the expected x, y of every heat map
-        (and the tokens' values pooled under it)."""
-        tokens = patches.flatten(1, 2)
+        """(N, h, views * w, D) -> (N, views * keypoints * (2 + values)): the expected x, y of
+        every heat map (and the tokens' values pooled under it), view by view."""
+        if self.views == 1:
+            return self._maps(patches.flatten(1, 2), self.score.weight, self.score.bias, 0)
+        w = patches.shape[2] // self.views
+        out = []
+        for v in range(self.views):
+            rows = slice(v * self.keypoints, (v + 1) * self.keypoints)
+            tokens = patches[:, :, v * w : (v + 1) * w].flatten(1, 2)
+            out.append(self._maps(tokens, self.score.weight[rows], self.score.bias[rows], v))
+        return torch.cat(out, dim=1)
+
+    def _maps(self, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, view: int) -> torch.Tensor:
         # the temperature scales the score map's weights, not its (N, h*w, K) output: the same
         # scores, and the division and its backward over every token are gone (a fifth of the step)
         inv_temperature = (-self.log_temperature).exp()
-        scores = F.linear(tokens, self.score.weight * inv_temperature, self.score.bias * inv_temperature)
+        scores = F.linear(tokens, weight * inv_temperature, bias * inv_temperature)
         attention = scores.softmax(dim=1)  # (N, h*w, K)
         out = torch.einsum("npk,pc->nkc", attention, self.pos)
         if self.value is not None:
-            values = self.value(tokens).unflatten(-1, (self.keypoints, self.values))  # (N, h*w, K, V)
+            rows = slice(view * self.keypoints * self.values, (view + 1) * self.keypoints * self.values)
+            values = F.linear(tokens, self.value.weight[rows], self.value.bias[rows])
+            values = values.unflatten(-1, (self.keypoints, self.values))  # (N, h*w, K, V)
             out = torch.cat([out, torch.einsum("npk,npkv->nkv", attention, values)], dim=-1)
         return out.flatten(1)
 
@@ -54,7 +83,10 @@ class KeypointsHead(CortexBenchHead):
     config: KeypointsConfig
 
     def build_frame_encoder(self, feature_dim: int, grid: tuple[int, int]) -> int:
-        self.keypoints = SpatialSoftmax(feature_dim, self.config.keypoints, grid, self.config.values)
+        views = self.views if self.config.per_view else 1
+        self.keypoints = SpatialSoftmax(
+            feature_dim, self.config.keypoints, grid, self.config.values, views, self.config.temperature
+        )
         return self.keypoints.out_dim
 
     def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -71,7 +71,7 @@ class PixioPolicy(PreTrainedPolicy):
             )
         feature_dim = self.backbone.embed_dim * (views if "global" in self.inputs else 1)  # embeddings concatenated
         aux_dim = len(config.aux_state_index) if getattr(hc, "aux_state", 0.0) > 0 else 0
-        self.head = make_head(hc, feature_dim, self.grid, config.state_dim, config.action_dim, aux_dim)
+        self.head = make_head(hc, feature_dim, self.grid, config.state_dim, config.action_dim, aux_dim, views)
         sizes = (("state", config.state_dim), ("action", config.action_dim)) + ((("aux", aux_dim),) if aux_dim else ())
         for name, dim in sizes:
             self.register_buffer(f"{name}_mean", torch.zeros(dim))

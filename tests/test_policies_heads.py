@@ -82,6 +82,41 @@ def test_attention_pooling_reads_the_tokens_under_the_hot_patch():
     assert v1 == pytest.approx(0.3, abs=1e-3) and v2 == pytest.approx(-0.7, abs=1e-3)
 
 
+def test_per_view_maps_each_find_their_own_cameras_hot_patch():
+    """head.per_view: with two cameras' grids side by side, each camera has its own maps,
+    normalised over its own grid, with x over [-1, 1] within it: a hot patch in one camera
+    moves only that camera's keypoints, however hot the other camera's patch is."""
+    from policies.modeling_keypoints import SpatialSoftmax
+
+    layer = SpatialSoftmax(in_dim=4, keypoints=1, grid=(4, 8), views=2)  # two 4x4 grids
+    assert layer.out_dim == 4
+    with torch.no_grad():
+        layer.score.weight.copy_(torch.tensor([[50.0, 0, 0, 0], [0, 50.0, 0, 0]]))
+        layer.score.bias.zero_()
+    patches = torch.zeros(1, 4, 8, 4)
+    patches[0, 3, 0, 0] = 1.0  # camera 0, bottom-left
+    patches[0, 0, 7, 1] = 9.0  # camera 1, top-right (it would swamp a map shared by both)
+    x0, y0, x1, y1 = layer(patches)[0].tolist()
+    assert (x0, y0) == (pytest.approx(-1.0, abs=1e-3), pytest.approx(1.0, abs=1e-3))
+    assert (x1, y1) == (pytest.approx(1.0, abs=1e-3), pytest.approx(-1.0, abs=1e-3))
+    patches[0, 0, 7, 0] = 0.5  # a second, cooler patch in camera 1 for camera 0's feature
+    assert layer(patches)[0, :2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-3)
+    with pytest.raises(ValueError, match="does not hold 3 views"):
+        SpatialSoftmax(in_dim=4, keypoints=1, grid=(4, 8), views=3)
+
+
+def test_a_keypoint_head_saved_before_per_view_keeps_one_shared_map_set():
+    saved = dataclasses.asdict(head_config({"name": "keypoints"}))
+    del saved["per_view"], saved["temperature"]  # what config.json held before the options
+    old = head_config(saved)
+    assert old.per_view is False and old.temperature == 1.0
+    new = head_config({"name": "keypoints"})  # a new head: per-camera maps that start sharp
+    assert new.per_view is True and new.temperature == 0.1
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(PixioError, match=r"head.temperature=.*give an initial softmax temperature > 0"):
+            head_config({"name": "keypoints", "temperature": bad})
+
+
 def test_the_eai_vc_presets_set_cortexbench_metaworld_protocol():
     """collect=eai_vc and train-policy=eai_vc: 25 demonstrations at 256 px from top_cap2 over the
     whole horizon; the CortexBench head (FLARE, x0.01: tested above) on raw actions, evaluated
