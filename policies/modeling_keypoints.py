@@ -2,10 +2,15 @@
 
 A linear map turns every patch token into `keypoints` scores; a softmax over the grid (with a
 learned temperature) makes each a probability map whose mean position (x, y in [-1, 1]) is one
-keypoint. With `values` > 0 each map also pools that many linear read-outs of the tokens under
-it (attention pooling): a patch is 16 pixels wide, and where inside it an object sits is in the
-token's content, not in the grid position. It is a few thousand parameters in front of the MLP,
-so it trains on cached features as fast as the CortexBench head.
+keypoint. With several cameras (their grids side by side) each camera has its own maps over its
+own grid (`per_view`): maps shared by the cameras split their mass between the images and give
+an average of two positions. The maps start sharp (`temperature` 0.1): at temperature 1 the
+softmax over these tokens starts near uniform and, trained by behaviour cloning, stayed so (a
+median 81 of 128 patches under a map on pick_place). With `values` > 0 each map also pools that
+many linear read-outs of the tokens under it (attention pooling): a patch is 16 pixels wide, and
+where inside it an object sits is in the token's content, not in the grid position. It is a few
+thousand parameters in front of the MLP, so it trains on cached features as fast as the
+CortexBench head.
 """
 
 from __future__ import annotations
