@@ -88,7 +88,8 @@ def _mistakes(cfg: DemoConfig) -> float:
 # pick_place's validation success (seeds 50000-50049) every 20 epochs of the demo's recipe, training
 # seeds 100 and 200: 26/68, 56/76, 58/86, 76/84, 76/82% at epochs 20-100: 80 is as good as 100 and
 # a fifth of the training time shorter (README, "Where pick_place still fails"). With the sharp
-# per-camera keypoint maps 50 epochs scored 34/50 against 45/50 at 80 (seed 100): 80 stays.
+# per-camera keypoint maps 50 epochs scored 34/50 against 45/50 at 80 (seed 100): 80 stays. 200
+# demonstrations at 100 epochs (8.6 min) scored 91/100 there but 35/50 on the demo's test seeds.
 DEFAULT_EPOCHS = {"pick_place": 80}
 
 
