@@ -17,10 +17,10 @@ class KeypointsConfig(CortexBenchConfig):
     name: str = field(default="keypoints", metadata={"help": "head type"})
     keypoints: int = field(default=32, metadata={"help": "heat maps per frame (each gives an x, y)"})
     values: int = field(default=0, metadata={"help": "token read-outs pooled under each heat map (0: none)"})
-    # Both measured on pick_place from front + wrist (README, "Where pick_place still fails"):
-    # shared maps at temperature 1 stayed nearly uniform over the grid (a median 40-110 of 128
-    # patches under a map) and most split their mass between the cameras; per-camera maps that
-    # start sharp stay sharp (1-7 patches) and took success from 80/100 to 92/100.
+    # Both measured on pick_place from front + wrist (README, "Sharp maps per camera"): shared
+    # maps at temperature 1 stayed nearly uniform (a median 81 of 128 patches under a map) and
+    # most split their mass between the cameras; per-camera maps that start sharp stay sharp
+    # (mostly 1-7 patches) and took success from 80/100 to 92/100.
     per_view: bool = field(
         default=True,
         metadata={"help": "with several cameras: `keypoints` maps per camera, each over its own grid (false: shared)"},
