@@ -59,21 +59,22 @@ class SpatialSoftmax(nn.Module):
         """(N, h, views * w, D) -> (N, views * keypoints * (2 + values)): the expected x, y of
         every heat map (and the tokens' values pooled under it), view by view."""
         if self.views == 1:
-            return self._maps(patches.flatten(1, 2), self.score.weight, self.score.bias, 0)
+            return self._maps(patches.flatten(1, 2), 0)
         w = patches.shape[2] // self.views
-        out = []
-        for v in range(self.views):
-            rows = slice(v * self.keypoints, (v + 1) * self.keypoints)
-            tokens = patches[:, :, v * w : (v + 1) * w].flatten(1, 2)
-            out.append(self._maps(tokens, self.score.weight[rows], self.score.bias[rows], v))
-        return torch.cat(out, dim=1)
+        views = [patches[:, :, v * w : (v + 1) * w].flatten(1, 2) for v in range(self.views)]
+        return torch.cat([self._maps(tokens, v) for v, tokens in enumerate(views)], dim=1)
 
-    def _maps(self, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, view: int) -> torch.Tensor:
+    def attention(self, tokens: torch.Tensor, view: int = 0) -> torch.Tensor:
+        """(N, h*w, D) tokens of one view -> (N, h*w, K): that view's heat maps."""
+        rows = slice(view * self.keypoints, (view + 1) * self.keypoints)
         # the temperature scales the score map's weights, not its (N, h*w, K) output: the same
         # scores, and the division and its backward over every token are gone (a fifth of the step)
         inv_temperature = (-self.log_temperature).exp()
-        scores = F.linear(tokens, weight * inv_temperature, bias * inv_temperature)
-        attention = scores.softmax(dim=1)  # (N, h*w, K)
+        scores = F.linear(tokens, self.score.weight[rows] * inv_temperature, self.score.bias[rows] * inv_temperature)
+        return scores.softmax(dim=1)
+
+    def _maps(self, tokens: torch.Tensor, view: int) -> torch.Tensor:
+        attention = self.attention(tokens, view)  # (N, h*w, K)
         out = torch.einsum("npk,pc->nkc", attention, self.pos)
         if self.value is not None:
             rows = slice(view * self.keypoints * self.values, (view + 1) * self.keypoints * self.values)

@@ -46,22 +46,17 @@ def main() -> int:
         index = torch.linspace(0, n - 1, min(args.frames, n)).long()
         views.append({"patches": torch.from_numpy(arrays["patches"][index.numpy()])})
     grid = join_views(views)["patches"]  # (N, h, V*w, D), as the head sees it
-    cameras, k = policy.config.cameras, maps.keypoints
+    cameras = policy.config.cameras
     width = grid.shape[2] // len(cameras)
-    inv_temperature = (-maps.log_temperature).exp()
     with torch.no_grad():
         for v in range(maps.views):
-            rows = slice(v * k, (v + 1) * k)
             part = grid[:, :, v * width : (v + 1) * width] if maps.views > 1 else grid
-            scores = torch.nn.functional.linear(
-                part.flatten(1, 2), maps.score.weight[rows] * inv_temperature, maps.score.bias[rows] * inv_temperature
-            )
-            p = scores.softmax(dim=1)  # (N, patches, K)
+            p = maps.attention(part.flatten(1, 2), v)  # (N, patches, K)
             effective = (-(p.clamp_min(1e-12).log() * p).sum(1)).exp().median(0).values
             line = {
                 "cameras": cameras[v] if maps.views > 1 else cameras,
                 "patches": p.shape[1],
-                "temperature": round(float(1 / inv_temperature), 3),
+                "temperature": round(float(maps.log_temperature.exp()), 3),
                 "effective_patches": sorted(round(float(e), 1) for e in effective),
             }
             if maps.views == 1 and len(cameras) > 1:
