@@ -37,6 +37,10 @@ class DemoConfig:
     epochs: int | None = field(
         default=None, metadata={"help": "training epochs of the head (default 100; pick_place 80)"}
     )
+    consecutive: int | None = field(
+        default=None,
+        metadata={"help": "training batches of runs of this many consecutive frames (default 1; pick_place 16)"},
+    )
     episodes: int = field(default=50, metadata={"help": "evaluation episodes (held-out seeds)"})
     views: int = field(default=4, metadata={"help": "views of the reconstructed scene"})
     image_size: int = field(default=128, metadata={"help": "camera images (pixels, square)"})

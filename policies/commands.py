@@ -53,6 +53,13 @@ class TrainPolicyConfig:
         default="constant", metadata={"help": "constant (eai-vc, ACT) or cosine (decays to 0 over the epochs)"}
     )
     batch_size: int = field(default=256, metadata={"help": "samples per step"})
+    consecutive: int = field(
+        default=1,
+        metadata={
+            "help": "batches of runs of this many consecutive frames of one episode (1: shuffled frames); "
+            "overlapping history windows then share frames, each coded once"
+        },
+    )
     seed: int = field(default=100, metadata={"help": "seed of initialisation, shuffling, random encoders"})
     eval_every: int = field(default=0, metadata={"help": "evaluate in simulation every this many epochs (0: never)"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation during training"})

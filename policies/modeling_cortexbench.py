@@ -92,16 +92,26 @@ class CortexBenchHead(nn.Module):
         return feature_dim
 
     def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T, C) codes of the history's frames."""
+        """Codes (..., C) of frames whose features have leading shape (...): (B, T) for the
+        history of every sample, or (U,) for distinct frames."""
         return features["global"]
 
     def fuse(self, codes: torch.Tensor) -> torch.Tensor:
         return fuse_history(codes, self.config.fusion)
 
-    def forward(self, features: dict[str, torch.Tensor], state: torch.Tensor, aux: bool = False):
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        state: torch.Tensor,
+        aux: bool = False,
+        frames: torch.Tensor | None = None,
+    ):
         """features (B, T, ...) and state (B, S) -> actions (B, k, A); with `aux`, (actions,
-        the predicted normalised object state (B, E))."""
-        x = self.fuse(self.frame_codes(features))
+        the predicted normalised object state (B, E)). With `frames` (B, T), features hold each
+        distinct frame once (U, ...) and `frames` indexes them: overlapping history windows
+        then share their frames' codes, computed once (train-policy's `consecutive`)."""
+        codes = self.frame_codes(features)
+        x = self.fuse(codes if frames is None else codes[frames])
         if self.config.use_state:
             x = torch.cat([x, state], dim=1)
         out, hidden = self.net(x, last_hidden=True)

@@ -96,6 +96,7 @@ class KeypointsHead(CortexBenchHead):
         return self.keypoints.out_dim
 
     def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """features["patches"] (B, T, h, w, D) -> (B, T, 2 * keypoints)."""
+        """features["patches"] (..., h, w, D) -> (..., views * keypoints * (2 + values))."""
         patches = features["patches"]
-        return self.keypoints(patches.flatten(0, 1).float()).unflatten(0, patches.shape[:2])
+        lead = patches.shape[:-3]
+        return self.keypoints(patches.reshape(-1, *patches.shape[-3:]).float()).unflatten(0, lead)

@@ -160,17 +160,21 @@ class PixioPolicy(PreTrainedPolicy):
         actions: Tensor,
         pad: Tensor | None = None,
         env_state: Tensor | None = None,
+        frames: Tensor | None = None,
     ) -> Tensor:
         """features (B, T, ...), raw state (B, S), raw actions (B, k, A), pad (B, k) -> loss;
         with the head's `aux_state`, plus that weight times the MSE of the predicted (normalised)
-        object positions against those in `env_state` (B, E) of the current frame."""
+        object positions against those in `env_state` (B, E) of the current frame. With `frames`
+        (B, T) (heads with per-frame codes only, `frame_codes`), features are those of each
+        distinct frame once (U, ...) and `frames` indexes them."""
         weight = getattr(self.config.head_config, "aux_state", 0.0)
+        shared = {} if frames is None else {"frames": frames}
         if weight <= 0:
-            pred = self.head(features, self.normalize_state(state))
+            pred = self.head(features, self.normalize_state(state), **shared)
             return self.head.loss(pred, self.normalize_action(actions), pad)
         if env_state is None:
             raise PixioError(f"head.aux_state={weight} trains on {ENV_STATE}, which this batch lacks")
-        pred, aux = self.head(features, self.normalize_state(state), aux=True)
+        pred, aux = self.head(features, self.normalize_state(state), aux=True, **shared)
         target = (env_state[:, self.config.aux_state_index].float() - self.aux_mean) / self.aux_std
         return self.head.loss(pred, self.normalize_action(actions), pad) + weight * (aux - target).square().mean()
 

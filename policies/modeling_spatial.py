@@ -36,7 +36,7 @@ class SpatialHead(CortexBenchHead):
         return self.config.frame_dim
 
     def frame_codes(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """features["patches"] (B, T, h, w, D) -> (B, T, frame_dim)."""
+        """features["patches"] (..., h, w, D) -> (..., frame_dim)."""
         patches = features["patches"]
-        codes = self.frame_code(self.cnn(patches.flatten(0, 1).permute(0, 3, 1, 2)))
-        return codes.unflatten(0, patches.shape[:2])
+        codes = self.frame_code(self.cnn(patches.reshape(-1, *patches.shape[-3:]).permute(0, 3, 1, 2)))
+        return codes.unflatten(0, patches.shape[:-3])

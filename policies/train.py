@@ -53,6 +53,7 @@ from .configuration_cortexbench import CortexBenchConfig
 from .configuration_pixio import PixioConfig
 from .data import Demonstrations
 from .heads import HeadConfig, head_config, head_inputs
+from .modeling_cortexbench import CortexBenchHead
 from .modeling_pixio import PixioPolicy, join_views, save_policy
 
 # Options that may change when a run is resumed; every other one must match.
@@ -116,6 +117,22 @@ class EnvironmentStates:
         return {"global": self.env_states[frames]}
 
 
+def epoch_order(demos: Demonstrations, consecutive: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's order of every frame: shuffled frames, or with `consecutive` > 1 shuffled runs
+    of that many consecutive frames of one episode (each episode cut into runs at a random
+    offset per epoch), whose history windows overlap and so share most of their frames."""
+    n = len(demos)
+    if consecutive == 1:
+        return torch.randperm(n, generator=generator)
+    start = torch.from_numpy(demos.episode_start)
+    _, episode = torch.unique(start, return_inverse=True)
+    offset = torch.randint(0, consecutive, (int(episode.max()) + 1,), generator=generator)[episode]
+    run = (torch.arange(n) - start + offset) // consecutive
+    _, run = torch.unique(episode * n + run, return_inverse=True)  # one id per (episode, run)
+    rank = torch.randperm(int(run.max()) + 1, generator=generator)[run]
+    return torch.argsort(rank * n + torch.arange(n))  # runs in random order, frames in order within
+
+
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
@@ -153,7 +170,8 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     policy = make_policy(demos, backbone, spec, hc, cfg.layer, cfg.image_size, device)
     # the encoder's hash joins the options: a resumed run must read the same features
     config_dict["encoder_sha256"] = policy.config.encoder_sha256
-    added = {"lr_schedule": "constant"}  # runs saved before the option existed trained at a constant rate
+    # runs saved before an option existed trained as its value here says
+    added = {"lr_schedule": "constant", "consecutive": 1}
     ckpt = resume_checkpoint(out, config_dict, RESUMABLE, "start a new run (another out=)", added) if resuming else None
     source, caches = _feature_source(cfg, demos, backbone, spec, policy, head_inputs(hc))
     if ckpt is None:  # every check has passed: only now is anything written to out=
@@ -233,18 +251,24 @@ class _Epochs:
         self.eval_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + cfg.eval_episodes))
         self.best_success, self.best_epoch, self.losses = None, None, []
         self._order, self._epoch_loss = (-1, None), []
+        # heads whose frames are coded one by one get each distinct frame of a batch once
+        self.per_frame = isinstance(policy.head, CortexBenchHead)
 
     def __call__(self, step: int) -> tuple[float, dict]:
         epoch, i = divmod(step, self.per_epoch)
         if self._order[0] != epoch:
             generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.demos), generator=generator))
+            self._order = (epoch, epoch_order(self.demos, self.cfg.consecutive, generator))
         bs = self.cfg.batch_size
         index = self._order[1][i * bs : (i + 1) * bs]
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7919 * step + 1)  # shifts
         torch.manual_seed(self.cfg.seed * 1_000_033 + step)  # dropout
         history, _ = self.demos.windows(index, self.policy.config.observation_delta_indices)
         targets, pad = self.demos.windows(index, self.policy.config.action_delta_indices)
+        frames = None
+        if self.per_frame:
+            history, frames = torch.unique(history, return_inverse=True)
+            frames = frames.to(self.device)
         features = {k: v.to(self.device) for k, v in self.source(history, generator).items()}
         env_state = None if self.env_states is None else self.env_states[index].to(self.device)
         loss = self.policy.loss_from_features(
@@ -253,6 +277,7 @@ class _Epochs:
             self.actions[targets].to(self.device),
             pad.to(self.device),
             env_state,
+            frames,
         )
         loss.backward()
         self._epoch_loss.append((loss.item(), len(index)))
@@ -437,6 +462,8 @@ def _check_options(cfg: TrainPolicyConfig) -> None:
         raise PixioError(f"eval_every={cfg.eval_every}: use 0 (never) or a number of epochs")
     if cfg.cache_dtype not in ("float16", "float32"):
         raise PixioError(f"cache_dtype={cfg.cache_dtype!r}: use float16 or float32")
+    if cfg.consecutive < 1:
+        raise PixioError(f"consecutive={cfg.consecutive}: use 1 (shuffled frames) or a run length like 8")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise PixioError(f"lr_schedule={cfg.lr_schedule!r}: use constant or cosine")
 

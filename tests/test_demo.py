@@ -122,6 +122,7 @@ def test_unknown_task_or_head_and_bad_noise_are_refused_before_anything_is_writt
         ("noise=-1", "noise=-1.0: give a finite standard deviation"),
         ("mistakes=0.5", "mistakes=0.5: only the grasping tasks (pick_place, stack)"),  # the default task: push
         ("mistakes=2", "mistakes=2.0: give a probability per episode between 0 and 1"),
+        ("consecutive=0", "consecutive=0: use 1 or more"),
     ):
         assert main(["demo", f"out={out}", option, *SMALL]) == 2
         assert message in capsys.readouterr().err
@@ -178,3 +179,12 @@ def test_pick_place_trains_80_epochs_by_default_and_an_explicit_value_wins():
     assert _epochs(DemoConfig(task="pick_place")) == 80  # as good as 100 on the validation seeds (README)
     assert _epochs(DemoConfig(task="push")) == 100
     assert _epochs(DemoConfig(task="pick_place", epochs=100)) == 100
+
+
+def test_pick_place_trains_on_runs_of_16_frames_by_default_and_an_explicit_value_wins():
+    from demo.commands import DemoConfig
+    from demo.pipeline import _consecutive
+
+    assert _consecutive(DemoConfig(task="pick_place")) == 16  # half the training time (README)
+    assert _consecutive(DemoConfig(task="push")) == 1
+    assert _consecutive(DemoConfig(task="pick_place", consecutive=1)) == 1

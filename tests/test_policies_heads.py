@@ -105,6 +105,25 @@ def test_per_view_maps_each_find_their_own_cameras_hot_patch():
         SpatialSoftmax(in_dim=4, keypoints=1, grid=(4, 8), views=3)
 
 
+@pytest.mark.parametrize("name", ["cortexbench", "keypoints", "spatial"])
+def test_frames_shared_by_overlapping_windows_are_coded_once_with_the_same_actions(name):
+    """train-policy hands a head each distinct frame of a batch once and the windows' indices
+    into them (`frames`): the actions equal those from every window's frames in full."""
+    from policies.modeling_keypoints import KeypointsHead
+    from policies.modeling_spatial import SpatialHead
+
+    torch.manual_seed(0)
+    cls = {"cortexbench": CortexBenchHead, "keypoints": KeypointsHead, "spatial": SpatialHead}[name]
+    head = cls(head_config({"name": name, "last_layer_scale": 1.0}), 8, (4, 8), 4, 3, views=2)
+    key = "global" if name == "cortexbench" else "patches"
+    distinct = {key: torch.randn(6, 8) if key == "global" else torch.randn(6, 4, 8, 8)}
+    frames = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 4], [0, 0, 5]])  # overlapping histories
+    state = torch.randn(4, 4)
+    shared = head(distinct, state, frames=frames)
+    full = head({key: distinct[key][frames]}, state)
+    assert shared.abs().max() > 0.01 and torch.allclose(shared, full, atol=1e-5)
+
+
 def test_a_keypoint_head_saved_before_per_view_keeps_one_shared_map_set():
     saved = dataclasses.asdict(head_config({"name": "keypoints"}))
     del saved["per_view"], saved["temperature"]  # what config.json held before the options

@@ -103,6 +103,30 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_and_constant_keeps_it(
     assert lrs[-1] < 1e-5, lrs  # logged at each epoch's last step: the run's last is 1% of the peak
 
 
+def test_consecutive_orders_every_frame_once_in_runs_of_one_episode():
+    """`consecutive=k`: an epoch is still every frame once, now in runs of up to k consecutive
+    frames of one episode (their history windows overlap), cut at a new offset each epoch."""
+    from policies.train import epoch_order
+
+    class Episodes:  # what epoch_order reads of Demonstrations: lengths 37, 5 and 50
+        episode_start = np.repeat([0, 37, 42], [37, 5, 50])
+
+        def __len__(self):
+            return 92
+
+    def runs(order):  # positions where the next frame follows in the same episode
+        same = (order[1:] == order[:-1] + 1) & (Episodes.episode_start[order[1:]] == Episodes.episode_start[order[:-1]])
+        return same.float().mean().item()
+
+    orders = {}
+    for k, seed in ((1, 0), (8, 0), (8, 1)):
+        order = epoch_order(Episodes(), k, torch.Generator().manual_seed(seed))
+        assert sorted(order.tolist()) == list(range(92))
+        orders[k, seed] = order
+    assert runs(orders[1, 0]) < 0.1 and runs(orders[8, 0]) > 0.75 and runs(orders[8, 1]) > 0.75
+    assert not torch.equal(orders[8, 0], orders[8, 1])  # another epoch, other cuts and order
+
+
 def test_cache_reused_on_second_run_and_rebuilt_when_the_checkpoint_changes(dataset, tmp_path):
     from policies import cache_features
 
@@ -314,6 +338,7 @@ def test_bad_input_is_refused_with_nothing_changed(dataset, tmp_path, capsys):
     refused("train-policy=nope", match="unknown train-policy=nope: choose one of eai_vc")
     refused("head.bogus=1", match="unknown option 'head.bogus'")
     refused("lr_schedule=linear", match="lr_schedule='linear': use constant or cosine")
+    refused("consecutive=0", match="consecutive=0: use 1 (shuffled frames) or a run length like 8")
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
