@@ -9,7 +9,10 @@ evaluation with 1 against 2 environment processes.
    that decode-free re-encode the (augmented) frames of the batch with the frozen encoder
    (`cache=off`), measured alternately in this process; the one-off cost of building the cache
    is reported too.
-2. Evaluation episodes/min of the same policy, 1 against 2 environment processes (one torch
+2. Training samples/s of the keypoint head on cached patch tokens, as train-policy steps (each
+   distinct frame of a batch coded once): batches of shuffled frames against runs of 16
+   consecutive frames of one episode (`consecutive=16`), alternately.
+3. Evaluation episodes/min of the same policy, 1 against 2 environment processes (one torch
    thread each), the same seeds, alternately: with the start-up of the processes, and after
    the first episode is in (`episodes_per_minute_after_first` of the result).
 """
@@ -86,6 +89,49 @@ def training_rates(dataset: Path, encoder: str, batch: int, rounds: int, cached_
     }
 
 
+def consecutive_rates(dataset: Path, encoder: str, batch: int, rounds: int, steps: int) -> dict:
+    from policies import Demonstrations, load_backbone
+    from policies.heads import head_config
+    from policies.train import CachedFeatures, cache_features, epoch_order, make_policy
+
+    hc = head_config({"name": "keypoints"})
+    demos = Demonstrations.load(dataset)
+    backbone, spec = load_backbone(encoder, seed=100)
+    policy = make_policy(demos, backbone, spec, hc)
+    optimizer = torch.optim.AdamW(policy.head.parameters(), lr=hc.lr, weight_decay=hc.weight_decay)
+    location = str(dataset.parent / "bench_cache_patches")
+    [cache] = cache_features(dataset, encoder, seed=100, patches=True, location=location, progress=False)
+    source = CachedFeatures([cache], ("patches",))
+    states, actions = torch.from_numpy(demos.states), torch.from_numpy(demos.actions)
+    generator = torch.Generator().manual_seed(0)
+    orders = {k: epoch_order(demos, k, generator) for k in (1, 16)}
+    distinct: dict[int, list[int]] = {1: [], 16: []}
+
+    def step(k: int, i: int) -> None:  # train-policy's step (policies/train.py, _Epochs)
+        start = (i * batch) % max(1, len(demos) - batch)
+        index = orders[k][start : start + batch]
+        history, _ = demos.windows(index, policy.config.observation_delta_indices)
+        targets, pad = demos.windows(index, policy.config.action_delta_indices)
+        history, frames = torch.unique(history, return_inverse=True)
+        distinct[k].append(len(history))
+        loss = policy.loss_from_features(source(history, generator), states[index], actions[targets], pad, None, frames)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    policy.train()
+    step(1, 0)
+    step(16, 0)
+    rates: dict[int, list[float]] = {1: [], 16: []}
+    for _ in range(rounds):
+        for k in (1, 16):
+            t = time.perf_counter()
+            for i in range(steps):
+                step(k, i)
+            rates[k].append(steps * batch / (time.perf_counter() - t))
+    return {k: (statistics.median(rates[k]), statistics.mean(distinct[k])) for k in (1, 16)}
+
+
 def eval_rates(dataset: Path, encoder: str, episodes: int, rounds: int, tmp: Path) -> dict:
     from policies import TrainPolicyConfig, evaluate, train_policy
 
@@ -131,6 +177,7 @@ def main() -> int:
             shutil.copytree(args.dataset, tmp / "data", ignore=shutil.ignore_patterns("features"))
             dataset = tmp / "data"
         train = training_rates(dataset, args.encoder, args.batch, args.rounds, cached_steps=20, image_steps=1)
+        runs = consecutive_rates(dataset, args.encoder, args.batch, args.rounds, steps=20)
         ev = None if args.skip_eval else eval_rates(dataset, args.encoder, args.episodes, max(1, args.rounds - 1), tmp)
 
     print(
@@ -143,6 +190,11 @@ def main() -> int:
     print("|---|---|---|")
     print(f"| re-encoding augmented images every step (cache=off) | {train['images']:.1f} | 1.00x |")
     print(f"| reading the feature cache | {train['cache']:.0f} | {train['cache'] / train['images']:.0f}x |")
+    print("\n| training step (keypoint head, cached patch tokens) | distinct frames per batch | samples/s | ratio |")
+    print("|---|---|---|---|")
+    for k, name in ((1, "shuffled frames (consecutive=1)"), (16, "runs of 16 consecutive frames (consecutive=16)")):
+        rate, frames = runs[k]
+        print(f"| {name} | {frames:.0f} of {3 * args.batch} | {rate:.0f} | {rate / runs[1][0]:.2f}x |")
     if ev is not None:
         print(f"\n| evaluation ({ev['env']}, policy above, 1 torch thread each) | episodes/min | vs 1 process |")
         print("|---|---|---|")
