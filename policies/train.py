@@ -22,7 +22,10 @@ Run folder:
     summary.json            what the run did: epochs, losses, evaluations, cache, timings
 
 Shuffling, shifts and dropout draw from seeds of (seed, epoch) and (seed, step), so a resumed
-run repeats exactly what the uninterrupted one would have done.
+run repeats exactly what the uninterrupted one would have done. A batch is shuffled frames, or
+with `consecutive=k` runs of k consecutive frames of one episode (`epoch_order`); heads that code
+each frame on its own (the CortexBench family) get every distinct frame of a batch once, so the
+overlapping histories of a run cost about one frame per sample instead of three.
 """
 
 from __future__ import annotations
@@ -232,7 +235,7 @@ def _feature_source(cfg: TrainPolicyConfig, demos, backbone, spec, policy, input
 
 
 class _Epochs:
-    """train-policy's step function: shuffled mini-batches of the demonstrations, epoch by
+    """train-policy's step function: mini-batches of the demonstrations (`epoch_order`), epoch by
     epoch (the order of epoch e and each step's random draws come from seeds of (seed, e) and
     (seed, step): a resumed run repeats the uninterrupted one), and at the end of every
     `eval_every` epochs a validation in simulation that keeps the best checkpoint."""
