@@ -89,10 +89,10 @@ def training_rates(dataset: Path, encoder: str, batch: int, rounds: int, cached_
     }
 
 
-def consecutive_rates(dataset: Path, encoder: str, batch: int, rounds: int, steps: int) -> dict:
-    from policies import Demonstrations, load_backbone
+def consecutive_rates(dataset: Path, encoder: str, batch: int, rounds: int, steps: int, tmp: Path) -> dict:
+    from policies import Demonstrations, TrainPolicyConfig, load_backbone
     from policies.heads import head_config
-    from policies.train import CachedFeatures, cache_features, epoch_order, make_policy
+    from policies.train import CachedFeatures, _Epochs, cache_features, epoch_order, make_policy
 
     hc = head_config({"name": "keypoints"})
     demos = Demonstrations.load(dataset)
@@ -102,34 +102,29 @@ def consecutive_rates(dataset: Path, encoder: str, batch: int, rounds: int, step
     location = str(dataset.parent / "bench_cache_patches")
     [cache] = cache_features(dataset, encoder, seed=100, patches=True, location=location, progress=False)
     source = CachedFeatures([cache], ("patches",))
-    states, actions = torch.from_numpy(demos.states), torch.from_numpy(demos.actions)
-    generator = torch.Generator().manual_seed(0)
-    orders = {k: epoch_order(demos, k, generator) for k in (1, 16)}
-    distinct: dict[int, list[int]] = {1: [], 16: []}
-
-    def step(k: int, i: int) -> None:  # train-policy's step (policies/train.py, _Epochs)
-        start = (i * batch) % max(1, len(demos) - batch)
-        index = orders[k][start : start + batch]
-        history, _ = demos.windows(index, policy.config.observation_delta_indices)
-        targets, pad = demos.windows(index, policy.config.action_delta_indices)
-        history, frames = torch.unique(history, return_inverse=True)
-        distinct[k].append(len(history))
-        loss = policy.loss_from_features(source(history, generator), states[index], actions[targets], pad, None, frames)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
+    runs = {}
+    for k in (1, 16):  # train-policy's own step function, nothing rewritten here
+        cfg = TrainPolicyConfig(dataset=str(dataset), encoder=encoder, consecutive=k, batch_size=batch, out=str(tmp))
+        runs[k] = _Epochs(cfg, demos, policy, source, torch.device("cpu"))
+        runs[k](0)  # warm-up
     policy.train()
-    step(1, 0)
-    step(16, 0)
     rates: dict[int, list[float]] = {1: [], 16: []}
     for _ in range(rounds):
-        for k in (1, 16):
-            t = time.perf_counter()
+        for k, step in runs.items():
+            t, samples = time.perf_counter(), 0
             for i in range(steps):
-                step(k, i)
-            rates[k].append(steps * batch / (time.perf_counter() - t))
-    return {k: (statistics.median(rates[k]), statistics.mean(distinct[k])) for k in (1, 16)}
+                optimizer.zero_grad()
+                step(i)
+                optimizer.step()
+                samples += step._epoch_loss[-1][1]  # an epoch's last batch may be smaller
+            rates[k].append(samples / (time.perf_counter() - t))
+    distinct = {}  # frames a full batch's 3-frame histories hold, over one epoch's first batches
+    for k in (1, 16):
+        order = epoch_order(demos, k, torch.Generator().manual_seed(0))
+        batches = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)][:steps]
+        deltas = policy.config.observation_delta_indices
+        distinct[k] = statistics.mean(len(torch.unique(demos.windows(b, deltas)[0])) for b in batches)
+    return {k: (statistics.median(rates[k]), distinct[k]) for k in (1, 16)}
 
 
 def eval_rates(dataset: Path, encoder: str, episodes: int, rounds: int, tmp: Path) -> dict:
@@ -177,7 +172,7 @@ def main() -> int:
             shutil.copytree(args.dataset, tmp / "data", ignore=shutil.ignore_patterns("features"))
             dataset = tmp / "data"
         train = training_rates(dataset, args.encoder, args.batch, args.rounds, cached_steps=20, image_steps=1)
-        runs = consecutive_rates(dataset, args.encoder, args.batch, args.rounds, steps=20)
+        runs = consecutive_rates(dataset, args.encoder, args.batch, args.rounds, 20, tmp / "runs")
         ev = None if args.skip_eval else eval_rates(dataset, args.encoder, args.episodes, max(1, args.rounds - 1), tmp)
 
     print(
