@@ -8,6 +8,7 @@ frozen encoders, for two protocols.
     uv run python benchmarks/policy_results.py --protocol cortexbench   # the earlier table
     uv run python benchmarks/policy_results.py --protocol benchmark-wrist   # front + wrist, encoder v2
     uv run python benchmarks/policy_results.py --protocol benchmark-sharp   # the same, today's keypoint head
+    uv run python benchmarks/policy_results.py --protocol eai-vc    # the MetaWorld five, eai-vc's protocol
 
 Every number comes from three commands (collect, train-policy, eval-policy); --dry-run prints
 those still to run. Steps whose output exists are skipped, and a cell whose result exists is
@@ -34,6 +35,15 @@ policies reading both (`cameras=[front,wrist]`), (a) and (b) on the default enco
 same demonstrations (read from outputs/policy_benchmark_wrist/data, recorded there once) with the
 keypoint head's current defaults (a set of sharp maps per camera) instead of the earlier shared
 maps at temperature 1; (c) is benchmark-wrist's.
+
+`--protocol eai-vc` (outputs/policy_eaivc): CortexBench's MetaWorld protocol as eai-vc runs it,
+unscaled (the `collect=eai_vc` and `train-policy=eai_vc` presets): the five tasks, 25
+demonstrations at 256x256 from `top_cap2`, the CortexBench head on raw actions, 100 epochs,
+validation every 5 epochs on 25 episodes (seeds from 50000) with the best checkpoint kept;
+(a) the default encoder v2 pre-trained, (b) the same architecture random-initialised; the
+table gives eai-vc's number (the best validation success) and the best checkpoint's success on
+25 held-out episodes (seeds from 100000, `test_episodes=25`). A stopped run resumes from its
+last checkpoint (`save_every=5`: at most one validation is repeated).
 
 `--protocol cortexbench` (the earlier table, outputs/policy_results): CortexBench's protocol
 scaled to 2 shared CPU cores (see the README for the reasons):
@@ -156,6 +166,76 @@ def benchmark_table(root: Path, wrist: bool, sharp: bool = False) -> str:
     return "\n".join(lines) + f"\n\nSuccesses/episodes = rate (95% Wilson interval). Policies: {legend}; {seen}.\n"
 
 
+# ---- protocol "eai-vc": the MetaWorld five as eai-vc runs them ---------------------------------
+
+EAIVC_ROOT = Path("outputs/policy_eaivc")
+EAIVC_TASKS = {f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}
+EAIVC_POLICIES = {"a": [f"encoder={WRIST_ENCODER}"], "b": [f"encoder={WRIST_ENCODER}", "encoder_init=random"]}
+EAIVC_NAMES = {"a": f"CortexBench head on {WRIST_ENCODER}, pre-trained", "b": "the same, random-initialised"}
+
+
+def eaivc_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[Path, list[str]]]:
+    """One cell: record (once per task), then train with validations and test the best checkpoint."""
+    data, run = root / "data" / task, root / "runs" / task / f"{policy}-{seed}"
+    collect = ["collect", "collect=eai_vc", f"env={EAIVC_TASKS[task]}", "workers=2", f"out={data}"]
+    train = ["train-policy", "train-policy=eai_vc", f"dataset={data}", *EAIVC_POLICIES[policy], f"seed={seed}"]
+    train += ["eval_workers=2", "test_episodes=25", "save_every=5", f"out={run}"]
+    if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
+        train.append("resume=true")  # a stopped run continues from its last checkpoint
+    return [(data / "meta/pixio_env.json", collect), (run / "eval/result.json", train)]
+
+
+def _val(summary: dict) -> int:  # successes of the best validation (25 episodes)
+    return round(summary["best_validation_success"] * 25)
+
+
+def _test(summary: dict) -> int:  # successes of the best checkpoint on the held-out episodes
+    return round(summary["test"]["success_rate"] * summary["test"]["episodes"])
+
+
+def eaivc_table(root: Path) -> str:
+    from policies import two_proportion_test, wilson_interval
+
+    def summary(task, policy, seed):
+        path = root / "runs" / task / f"{policy}-{seed}" / "summary.json"
+        s = json.loads(path.read_text()) if path.exists() else None
+        return s if s and "test" in s else None
+
+    cols = [(p, s) for p in EAIVC_POLICIES for s in SEEDS if any(summary(t, p, s) for t in EAIVC_TASKS)]
+    cols = cols or [(p, SEEDS[0]) for p in EAIVC_POLICIES]
+    lines = ["| task | " + " | ".join(f"({p}) seed {s}: best validation / held-out" for p, s in cols) + " |"]
+    lines.append("|---" * (len(cols) + 1) + "|")
+    totals = {c: [0, 0, 0, 0] for c in cols}  # validation successes, episodes; held-out successes, episodes
+    for task in EAIVC_TASKS:
+        row = []
+        for c in cols:
+            s = summary(task, *c)
+            if s is None:
+                row.append("not run")
+                continue
+            n_val, n_test, k_val, k_test = 25, s["test"]["episodes"], _val(s), _test(s)
+            for i, v in enumerate((k_val, n_val, k_test, n_test)):
+                totals[c][i] += v
+            lo, hi = wilson_interval(k_test, n_test)
+            row.append(f"{k_val}/{n_val} / {k_test}/{n_test} ({lo:.0%}-{hi:.0%})")
+        lines.append(f"| {task[3:]} | " + " | ".join(row) + " |")
+    avg = [f"{t[0] / t[1]:.0%} / {t[2] / t[3]:.0%}" if t[1] else "-" for t in totals.values()]
+    lines.append("| **average over the tasks run** | " + " | ".join(avg) + " |")
+    text = "\n".join(lines)
+    for seed in SEEDS:  # (a) against (b) over the tasks run for both
+        pairs = [(summary(t, "a", seed), summary(t, "b", seed)) for t in EAIVC_TASKS]
+        pairs = [p for p in pairs if p[0] and p[1]]
+        for name, rate, n in (("best validation", _val, 25), ("held-out", _test, None)):
+            ka, na = sum(rate(a) for a, _ in pairs), sum(n or a["test"]["episodes"] for a, _ in pairs)
+            kb, nb = sum(rate(b) for _, b in pairs), sum(n or b["test"]["episodes"] for _, b in pairs)
+            if pairs:
+                z, pv = two_proportion_test(ka, na, kb, nb)
+                text += f"\n\nSeed {seed}, {name}, tasks run for both: {len(pairs)}, "
+                text += f"(a) - (b): {ka / na - kb / nb:+.0%}: z = {z:.1f}, p = {pv:.3f}."
+    legend = "; ".join(f"({k}) {v}" for k, v in EAIVC_NAMES.items())
+    return text + f"\n\nSuccesses/episodes (95% Wilson interval of the held-out rate). Policies: {legend}.\n"
+
+
 # ---- protocol "cortexbench": the earlier table ---------------------------------------------------
 
 CORTEXBENCH_ROOT = Path("outputs/policy_results")
@@ -261,17 +341,19 @@ def table(root: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    protocols = ("benchmark", "benchmark-wrist", "benchmark-sharp", "cortexbench")
+    protocols = ("benchmark", "benchmark-wrist", "benchmark-sharp", "eai-vc", "cortexbench")
     parser.add_argument("--protocol", choices=protocols, default="benchmark")
     parser.add_argument(
-        "--root", type=Path, help="default: outputs/policy_benchmark[_wrist|_sharp] or outputs/policy_results"
+        "--root", type=Path, help="default: outputs/policy_benchmark[_wrist|_sharp], policy_eaivc or policy_results"
     )
     parser.add_argument(
-        "--tasks", help=f"comma-separated; benchmark: {','.join(BENCHMARK_TASKS)}; cortexbench: {','.join(TASKS)}"
+        "--tasks",
+        help=f"comma-separated; benchmark: {','.join(BENCHMARK_TASKS)}; eai-vc: {','.join(EAIVC_TASKS)}; "
+        f"cortexbench: {','.join(TASKS)}",
     )
-    parser.add_argument("--encoders", help="comma-separated of a,b,c (default: all; cortexbench runs c,b,a)")
+    parser.add_argument("--encoders", help="comma-separated of a,b,c (eai-vc: a,b; default: all; cortexbench c,b,a)")
     parser.add_argument(
-        "--seeds", default=",".join(map(str, SEEDS)), help="benchmark: training seeds (the table's columns)"
+        "--seeds", default=",".join(map(str, SEEDS)), help="benchmark, eai-vc: training seeds (the table's columns)"
     )
     parser.add_argument(
         "--heads", default="cortexbench,chunking", help="cortexbench: comma-separated of " + ",".join(HEADS)
@@ -282,16 +364,25 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--table", action="store_true", help="only write the table of what is done")
     args = parser.parse_args()
-    benchmark, sharp = args.protocol.startswith("benchmark"), args.protocol == "benchmark-sharp"
+    benchmark, sharp, eaivc = (
+        args.protocol.startswith("benchmark"),
+        args.protocol == "benchmark-sharp",
+        args.protocol == "eai-vc",
+    )
     wrist = sharp or args.protocol == "benchmark-wrist"
     default_root = SHARP_ROOT if sharp else WRIST_ROOT if wrist else BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT
-    root = args.root or default_root
+    root = args.root or (EAIVC_ROOT if eaivc else default_root)
     data_root = WRIST_ROOT / "data" if sharp and args.root is None else None  # benchmark-wrist's recordings
-    tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS if benchmark else TASKS)
-    encoders = args.encoders.split(",") if args.encoders else (["a", "b", "c"] if benchmark else ["c", "b", "a"])
+    all_tasks = BENCHMARK_TASKS if benchmark else EAIVC_TASKS if eaivc else TASKS
+    all_policies = BENCHMARK_POLICIES if benchmark else EAIVC_POLICIES if eaivc else ENCODERS
+    tasks = args.tasks.split(",") if args.tasks else list(all_tasks)
+    encoders = (
+        args.encoders.split(",")
+        if args.encoders
+        else (["c", "b", "a"] if args.protocol == "cortexbench" else list(all_policies))
+    )
     seeds = args.seeds.split(",")
-    checks = [("task", tasks, BENCHMARK_TASKS if benchmark else TASKS)]
-    checks += [("encoder", encoders, BENCHMARK_POLICIES if benchmark else ENCODERS), ("seed", seeds, map(str, SEEDS))]
+    checks = [("task", tasks, all_tasks), ("encoder", encoders, all_policies), ("seed", seeds, map(str, SEEDS))]
     for name, given, allowed in checks:
         allowed = list(allowed)
         if unknown := [x for x in given if x not in allowed]:
@@ -300,6 +391,9 @@ def main() -> int:
         if benchmark:
             cells = [(t, e, int(s)) for t in tasks for e in encoders for s in seeds]
             steps = [(f"{t}-{e}-{s}", benchmark_commands(root, t, e, s, wrist, sharp, data_root)) for t, e, s in cells]
+        elif eaivc:  # seed by seed, each task's (a) and (b) together: a partial table compares like with like
+            cells = [(t, e, int(s)) for s in seeds for t in tasks for e in encoders]
+            steps = [(f"{t}-{e}-{s}", eaivc_commands(root, t, e, s)) for t, e, s in cells]
         else:
             steps = [
                 (f"{t}-{h}-{e}", commands(root, t, e, h, args.episodes or (10 if is_metaworld(t) else 50)))
@@ -313,7 +407,7 @@ def main() -> int:
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break
-    text = benchmark_table(root, wrist, sharp) if benchmark else table(root)
+    text = benchmark_table(root, wrist, sharp) if benchmark else eaivc_table(root) if eaivc else table(root)
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
         (root / "table.md").write_text(text)
