@@ -39,8 +39,9 @@ maps at temperature 1; (c) is benchmark-wrist's.
 `--protocol eai-vc` (outputs/policy_eaivc): CortexBench's MetaWorld protocol as eai-vc runs it,
 unscaled (the `collect=eai_vc` and `train-policy=eai_vc` presets): the five tasks, 25
 demonstrations at 256x256 from `top_cap2`, the CortexBench head on raw actions, 100 epochs,
-validation every 5 epochs on 25 episodes (seeds from 50000) with the best checkpoint kept;
-(a) the default encoder v2 pre-trained, (b) the same architecture random-initialised; the
+validation every 5 epochs on 25 episodes (seeds from 50000) with the best checkpoint kept; the
+renders resized to the encoder's 128 px (`image_size=128`) as eai-vc resizes them to each
+model's input size; (a) the default encoder v2 pre-trained, (b) the same architecture random-initialised; the
 table gives eai-vc's number (the best validation success) and the best checkpoint's success on
 25 held-out episodes (seeds from 100000, `test_episodes=25`). A stopped run resumes from its
 last checkpoint (`save_every=5`: at most one validation is repeated).
@@ -170,7 +171,10 @@ def benchmark_table(root: Path, wrist: bool, sharp: bool = False) -> str:
 
 EAIVC_ROOT = Path("outputs/policy_eaivc")
 EAIVC_TASKS = {f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}
-EAIVC_POLICIES = {"a": [f"encoder={WRIST_ENCODER}"], "b": [f"encoder={WRIST_ENCODER}", "encoder_init=random"]}
+# The 256 px renders are resized to the encoder's pre-training resolution, as eai-vc resizes them to
+# each model's input size (the README compares encoding at 256 px on assembly).
+EAIVC_ENCODER = [f"encoder={WRIST_ENCODER}", "image_size=128"]
+EAIVC_POLICIES = {"a": EAIVC_ENCODER, "b": [*EAIVC_ENCODER, "encoder_init=random"]}
 EAIVC_NAMES = {"a": f"CortexBench head on {WRIST_ENCODER}, pre-trained", "b": "the same, random-initialised"}
 
 
