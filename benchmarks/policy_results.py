@@ -175,6 +175,7 @@ EAIVC_TASKS = {f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}
 # each model's input size (the README compares encoding at 256 px on assembly).
 EAIVC_ENCODER = [f"encoder={WRIST_ENCODER}", "image_size=128"]
 EAIVC_POLICIES = {"a": EAIVC_ENCODER, "b": [*EAIVC_ENCODER, "encoder_init=random"]}
+EAIVC_VALIDATION_EPISODES = 25  # the train-policy=eai_vc preset's eval_episodes
 EAIVC_NAMES = {"a": f"CortexBench head on {WRIST_ENCODER}, pre-trained", "b": "the same, random-initialised"}
 
 
@@ -189,8 +190,8 @@ def eaivc_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[
     return [(data / "meta/pixio_env.json", collect), (run / "eval/result.json", train)]
 
 
-def _val(summary: dict) -> int:  # successes of the best validation (25 episodes)
-    return round(summary["best_validation_success"] * 25)
+def _val(summary: dict) -> int:  # successes of the best validation
+    return round(summary["best_validation_success"] * EAIVC_VALIDATION_EPISODES)
 
 
 def _test(summary: dict) -> int:  # successes of the best checkpoint on the held-out episodes
@@ -217,7 +218,7 @@ def eaivc_table(root: Path) -> str:
             if s is None:
                 row.append("not run")
                 continue
-            n_val, n_test, k_val, k_test = 25, s["test"]["episodes"], _val(s), _test(s)
+            n_val, n_test, k_val, k_test = EAIVC_VALIDATION_EPISODES, s["test"]["episodes"], _val(s), _test(s)
             for i, v in enumerate((k_val, n_val, k_test, n_test)):
                 totals[c][i] += v
             lo, hi = wilson_interval(k_test, n_test)
@@ -229,7 +230,7 @@ def eaivc_table(root: Path) -> str:
     for seed in SEEDS:  # (a) against (b) over the tasks run for both
         pairs = [(summary(t, "a", seed), summary(t, "b", seed)) for t in EAIVC_TASKS]
         pairs = [p for p in pairs if p[0] and p[1]]
-        for name, rate, n in (("best validation", _val, 25), ("held-out", _test, None)):
+        for name, rate, n in (("best validation", _val, EAIVC_VALIDATION_EPISODES), ("held-out", _test, None)):
             ka, na = sum(rate(a) for a, _ in pairs), sum(n or a["test"]["episodes"] for a, _ in pairs)
             kb, nb = sum(rate(b) for _, b in pairs), sum(n or b["test"]["episodes"] for _, b in pairs)
             if pairs:
