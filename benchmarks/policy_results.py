@@ -44,7 +44,9 @@ renders resized to the encoder's 128 px (`image_size=128`) as eai-vc resizes the
 model's input size; (a) the default encoder v2 pre-trained, (b) the same architecture random-initialised; the
 table gives eai-vc's number (the best validation success) and the best checkpoint's success on
 25 held-out episodes (seeds from 100000, `test_episodes=25`). A stopped run resumes from its
-last checkpoint (`save_every=5`: at most one validation is repeated).
+last checkpoint (`save_every=5`: at most one validation is repeated). Each finished cell's
+summary is copied to benchmarks/results/policy_eaivc/ (committed; with --root, ROOT/records):
+the table reads those records, and a cell with a record is done.
 
 `--protocol cortexbench` (the earlier table, outputs/policy_results): CortexBench's protocol
 scaled to 2 shared CPU cores (see the README for the reasons):
@@ -170,6 +172,9 @@ def benchmark_table(root: Path, wrist: bool, sharp: bool = False) -> str:
 # ---- protocol "eai-vc": the MetaWorld five as eai-vc runs them ---------------------------------
 
 EAIVC_ROOT = Path("outputs/policy_eaivc")
+# Each finished cell's summary, kept in the repository: the table outlives the machine that ran it
+# (a run is ~45 min of 2 cores, and the run folders under outputs/ are not committed).
+EAIVC_RECORDS = Path(__file__).resolve().parent / "results" / "policy_eaivc"
 EAIVC_TASKS = {f"mw-{t}": f"metaworld/{t}" for t in METAWORLD}
 # The 256 px renders are resized to the encoder's pre-training resolution, as eai-vc resizes them to
 # each model's input size (the README compares encoding at 256 px on assembly).
@@ -190,6 +195,24 @@ def eaivc_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[
     return [(data / "meta/pixio_env.json", collect), (run / "eval/result.json", train)]
 
 
+def eaivc_record(records: Path, task: str, policy: str, seed: int) -> Path:
+    return records / task / f"{policy}-{seed}.json"
+
+
+def keep_eaivc_records(root: Path, records: Path) -> None:
+    """Copy each finished run's summary that has no record yet (with the commit that keeps it) to
+    the table's records."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for task, policy, seed in [(t, p, s) for t in EAIVC_TASKS for p in EAIVC_POLICIES for s in SEEDS]:
+        run, path = root / "runs" / task / f"{policy}-{seed}", eaivc_record(records, task, policy, seed)
+        if path.exists() or not (run / "eval/result.json").exists():
+            continue
+        summary = json.loads((run / "summary.json").read_text())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"task": task, "policy": policy, "seed": seed, "commit": commit or None, **summary}
+        path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def _val(summary: dict) -> int:  # successes of the best validation
     return round(summary["best_validation_success"] * EAIVC_VALIDATION_EPISODES)
 
@@ -198,11 +221,11 @@ def _test(summary: dict) -> int:  # successes of the best checkpoint on the held
     return round(summary["test"]["success_rate"] * summary["test"]["episodes"])
 
 
-def eaivc_table(root: Path) -> str:
+def eaivc_table(records: Path) -> str:
     from policies import two_proportion_test, wilson_interval
 
     def summary(task, policy, seed):
-        path = root / "runs" / task / f"{policy}-{seed}" / "summary.json"
+        path = eaivc_record(records, task, policy, seed)
         s = json.loads(path.read_text()) if path.exists() else None
         return s if s and "test" in s else None
 
@@ -377,6 +400,7 @@ def main() -> int:
     wrist = sharp or args.protocol == "benchmark-wrist"
     default_root = SHARP_ROOT if sharp else WRIST_ROOT if wrist else BENCHMARK_ROOT if benchmark else CORTEXBENCH_ROOT
     root = args.root or (EAIVC_ROOT if eaivc else default_root)
+    records = EAIVC_RECORDS if args.root is None else root / "records"  # eai-vc: what the table reads
     data_root = WRIST_ROOT / "data" if sharp and args.root is None else None  # benchmark-wrist's recordings
     all_tasks = BENCHMARK_TASKS if benchmark else EAIVC_TASKS if eaivc else TASKS
     all_policies = BENCHMARK_POLICIES if benchmark else EAIVC_POLICIES if eaivc else ENCODERS
@@ -400,19 +424,22 @@ def main() -> int:
             cells = [(t, e, int(s)) for s in seeds for t in tasks for e in encoders]
             steps = [(f"{t}-{e}-{s}", eaivc_commands(root, t, e, s)) for t, e, s in cells]
         else:
+            cells = [(t, e, h) for e in encoders for h in args.heads.split(",") for t in tasks]
             steps = [
                 (f"{t}-{h}-{e}", commands(root, t, e, h, args.episodes or (10 if is_metaworld(t) else 50)))
-                for e in encoders
-                for h in args.heads.split(",")
-                for t in tasks
+                for t, e, h in cells
             ]
-        for name, cmds in steps:
-            if cmds[-1][0].exists():
+        for (name, cmds), cell_args in zip(steps, cells, strict=True):
+            if cmds[-1][0].exists() or (eaivc and eaivc_record(records, *cell_args).exists()):
                 continue  # the cell's result is there (its run folder may be elsewhere or removed)
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break
-    text = benchmark_table(root, wrist, sharp) if benchmark else eaivc_table(root) if eaivc else table(root)
+            if eaivc and not args.dry_run:
+                keep_eaivc_records(root, records)
+    if eaivc and not args.dry_run:
+        keep_eaivc_records(root, records)  # also runs finished by hand or by an earlier runner
+    text = benchmark_table(root, wrist, sharp) if benchmark else eaivc_table(records) if eaivc else table(root)
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
         (root / "table.md").write_text(text)
