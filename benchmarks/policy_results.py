@@ -68,6 +68,7 @@ scaled to 2 shared CPU cores (see the README for the reasons):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -208,8 +209,11 @@ def keep_eaivc_records(root: Path, records: Path) -> None:
         if path.exists() or not (run / "eval/result.json").exists():
             continue
         summary = json.loads((run / "summary.json").read_text())
+        with open(run / "metrics.csv") as f:  # the 20 validations: how far the best one stands out
+            curve = {r["epoch"]: float(r["val_success"]) for r in csv.DictReader(f) if r["val_success"] != "nan"}
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"task": task, "policy": policy, "seed": seed, "commit": commit or None, **summary}
+        record["validation_success_by_epoch"] = curve
         path.write_text(json.dumps(record, indent=1) + "\n")
 
 
