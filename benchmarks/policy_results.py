@@ -235,7 +235,8 @@ def eaivc_table(records: Path) -> str:
 
     cols = [(p, s) for p in EAIVC_POLICIES for s in SEEDS if any(summary(t, p, s) for t in EAIVC_TASKS)]
     cols = cols or [(p, SEEDS[0]) for p in EAIVC_POLICIES]
-    lines = ["| task | " + " | ".join(f"({p}) seed {s}: best validation / held-out" for p, s in cols) + " |"]
+    heads = [f"({p}) seed {s}: best validation / held-out / mean validation" for p, s in cols]
+    lines = ["| task | " + " | ".join(heads) + " |"]
     lines.append("|---" * (len(cols) + 1) + "|")
     totals = {c: [0, 0, 0, 0] for c in cols}  # validation successes, episodes; held-out successes, episodes
     for task in EAIVC_TASKS:
@@ -249,7 +250,10 @@ def eaivc_table(records: Path) -> str:
             for i, v in enumerate((k_val, n_val, k_test, n_test)):
                 totals[c][i] += v
             lo, hi = wilson_interval(k_test, n_test)
-            row.append(f"{k_val}/{n_val} / {k_test}/{n_test} ({lo:.0%}-{hi:.0%})")
+            # the mean over all validations: no selection on the same episodes (not in the early records)
+            curve = list(s.get("validation_success_by_epoch", {}).values())
+            mean = f"{sum(curve) / len(curve):.0%}" if curve else "-"
+            row.append(f"{k_val}/{n_val} / {k_test}/{n_test} ({lo:.0%}-{hi:.0%}) / {mean}")
         lines.append(f"| {task[3:]} | " + " | ".join(row) + " |")
     avg = [f"{t[0] / t[1]:.0%} / {t[2] / t[3]:.0%}" if t[1] else "-" for t in totals.values()]
     lines.append("| **average over the tasks run** | " + " | ".join(avg) + " |")
