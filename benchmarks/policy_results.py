@@ -70,6 +70,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,8 @@ from pathlib import Path
 
 # benchmarks/policies.py is named like the package the table reads: keep this folder off the path.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from pixio_robot.harness import list_checkpoints  # noqa: E402  (after the path fix above)
 
 # v1, not the default v2: the README's result tables were measured on it, and this script
 # reproduces them (the cells resume by folder, so the encoder must not change under them).
@@ -191,9 +194,17 @@ def eaivc_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[
     collect = ["collect", "collect=eai_vc", f"env={EAIVC_TASKS[task]}", "workers=2", f"out={data}"]
     train = ["train-policy", "train-policy=eai_vc", f"dataset={data}", *EAIVC_POLICIES[policy], f"seed={seed}"]
     train += ["eval_workers=2", "test_episodes=25", "save_every=5", f"out={run}"]
-    if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
+    if list_checkpoints(run):
         train.append("resume=true")  # a stopped run continues from its last checkpoint
     return [(data / "meta/pixio_env.json", collect), (run / "eval/result.json", train)]
+
+
+def discard_stillborn(run: Path) -> None:
+    """Remove a run folder this runner started that stopped before its first checkpoint: it holds
+    less than one checkpoint interval, and train-policy can neither resume it nor start in it."""
+    if run.is_dir() and not list_checkpoints(run):
+        print(f"removing {run}: stopped before its first checkpoint, nothing to resume; it starts afresh", flush=True)
+        shutil.rmtree(run)
 
 
 def eaivc_record(records: Path, task: str, policy: str, seed: int) -> Path:
@@ -440,6 +451,8 @@ def main() -> int:
         for (name, cmds), cell_args in zip(steps, cells, strict=True):
             if cmds[-1][0].exists() or (eaivc and eaivc_record(records, *cell_args).exists()):
                 continue  # the cell's result is there (its run folder may be elsewhere or removed)
+            if eaivc and not args.dry_run:
+                discard_stillborn(root / "runs" / cell_args[0] / f"{cell_args[1]}-{cell_args[2]}")
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break

@@ -1,4 +1,4 @@
-"""The analysis scripts under scripts/ sort what they are given correctly."""
+"""The analysis scripts under scripts/ and the eai-vc runner in benchmarks/ sort what they are given correctly."""
 
 from __future__ import annotations
 
@@ -42,3 +42,20 @@ def test_pick_place_failures_sorts_the_expert_as_success_and_a_still_arm_as_neve
     assert still["grasp_offset_cm"] is None and still["steps"] == env.unwrapped.max_episode_steps
     assert still["descent_offset_cm"] is None  # a still arm stays above the descent height
     env.close()
+
+
+def test_eaivc_runner_resumes_a_checkpointed_run_and_restarts_one_stopped_before_its_first(tmp_path):
+    spec = importlib.util.spec_from_file_location("policy_results", SCRIPTS.parent / "benchmarks/policy_results.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    stillborn = tmp_path / "runs/mw-hammer/a-100"  # killed at epoch 4: a policy folder, no training state
+    (stillborn / "checkpoints/last").mkdir(parents=True)
+    (stillborn / "metrics.csv").write_text("step,loss\n")
+    resumable = tmp_path / "runs/mw-hammer/b-100"
+    (resumable / "checkpoints").mkdir(parents=True)
+    (resumable / "checkpoints/step-00000245.pt").write_bytes(b"")
+    train = {p: runner.eaivc_commands(tmp_path, "mw-hammer", p, 100)[-1][1] for p in ("a", "b")}
+    assert "resume=true" not in train["a"] and "resume=true" in train["b"]
+    runner.discard_stillborn(stillborn)
+    runner.discard_stillborn(resumable)
+    assert not stillborn.exists() and (resumable / "checkpoints/step-00000245.pt").exists()
