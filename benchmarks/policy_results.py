@@ -190,13 +190,17 @@ EAIVC_NAMES = {"a": f"CortexBench head on {WRIST_ENCODER}, pre-trained", "b": "t
 
 def eaivc_commands(root: Path, task: str, policy: str, seed: int) -> list[tuple[Path, list[str]]]:
     """One cell: record (once per task), then train with validations and test the best checkpoint."""
-    data, run = root / "data" / task, root / "runs" / task / f"{policy}-{seed}"
+    data, run = root / "data" / task, eaivc_run(root, task, policy, seed)
     collect = ["collect", "collect=eai_vc", f"env={EAIVC_TASKS[task]}", "workers=2", f"out={data}"]
     train = ["train-policy", "train-policy=eai_vc", f"dataset={data}", *EAIVC_POLICIES[policy], f"seed={seed}"]
     train += ["eval_workers=2", "test_episodes=25", "save_every=5", f"out={run}"]
     if list_checkpoints(run):
         train.append("resume=true")  # a stopped run continues from its last checkpoint
     return [(data / "meta/pixio_env.json", collect), (run / "eval/result.json", train)]
+
+
+def eaivc_run(root: Path, task: str, policy: str, seed: int) -> Path:
+    return root / "runs" / task / f"{policy}-{seed}"
 
 
 def discard_stillborn(run: Path) -> None:
@@ -216,7 +220,7 @@ def keep_eaivc_records(root: Path, records: Path) -> None:
     the table's records."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     for task, policy, seed in [(t, p, s) for t in EAIVC_TASKS for p in EAIVC_POLICIES for s in SEEDS]:
-        run, path = root / "runs" / task / f"{policy}-{seed}", eaivc_record(records, task, policy, seed)
+        run, path = eaivc_run(root, task, policy, seed), eaivc_record(records, task, policy, seed)
         if path.exists() or not (run / "eval/result.json").exists():
             continue
         summary = json.loads((run / "summary.json").read_text())
@@ -452,7 +456,7 @@ def main() -> int:
             if cmds[-1][0].exists() or (eaivc and eaivc_record(records, *cell_args).exists()):
                 continue  # the cell's result is there (its run folder may be elsewhere or removed)
             if eaivc and not args.dry_run:
-                discard_stillborn(root / "runs" / cell_args[0] / f"{cell_args[1]}-{cell_args[2]}")
+                discard_stillborn(eaivc_run(root, *cell_args))
             for done, cmd in cmds:
                 if not run_step(done, cmd, root / "logs" / f"{name}.log", args.dry_run):
                     break

@@ -13,8 +13,8 @@ from envs.experts import make_expert
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def _load(name: str, folder: Path = SCRIPTS):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,9 +45,7 @@ def test_pick_place_failures_sorts_the_expert_as_success_and_a_still_arm_as_neve
 
 
 def test_eaivc_runner_resumes_a_checkpointed_run_and_restarts_one_stopped_before_its_first(tmp_path):
-    spec = importlib.util.spec_from_file_location("policy_results", SCRIPTS.parent / "benchmarks/policy_results.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    runner = _load("policy_results", SCRIPTS.parent / "benchmarks")
     stillborn = tmp_path / "runs/mw-hammer/a-100"  # killed at epoch 4: a policy folder, no training state
     (stillborn / "checkpoints/last").mkdir(parents=True)
     (stillborn / "metrics.csv").write_text("step,loss\n")
