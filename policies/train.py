@@ -73,7 +73,7 @@ class TrainResult:
     losses: list[float]  # mean training loss per epoch (this session's and earlier ones)
     best_success: float | None
     caches: list[FeatureCache]  # one per camera (none with cache=off)
-    seconds: float
+    seconds: float | None  # the whole run's, a resumed one's included (None: resumed from an older checkpoint)
     test: dict | None = None  # held-out success with test_episodes=N (also in summary.json)
 
 
@@ -180,7 +180,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     if ckpt is None:  # every check has passed: only now is anything written to out=
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", config_dict)
-    steps = _Epochs(cfg, demos, policy, source, device)
+    steps = _Epochs(cfg, demos, policy, source, device, started)
     run = Run(
         kind="train-policy",
         run_dir=out,
@@ -204,7 +204,7 @@ def train_policy(cfg: TrainPolicyConfig | None = None, **options) -> TrainResult
     run.fit(ckpt, "pixio_robot_train_policy", rrd="training.rrd")
     if cfg.eval_every == 0 or not steps.best_dir.exists():
         _copy_checkpoint(steps.last_dir, steps.best_dir)
-    result = _summarise(cfg, out, steps, caches, policy.config, time.perf_counter() - started)
+    result = _summarise(cfg, out, steps, caches, policy.config, steps.seconds())
     if cfg.test_episodes:  # a whole table cell in one command (and one -m sweep for a table)
         from .evaluation import evaluate
 
@@ -240,7 +240,7 @@ class _Epochs:
     (seed, step): a resumed run repeats the uninterrupted one), and at the end of every
     `eval_every` epochs a validation in simulation that keeps the best checkpoint."""
 
-    def __init__(self, cfg: TrainPolicyConfig, demos: Demonstrations, policy: PixioPolicy, source, device):
+    def __init__(self, cfg: TrainPolicyConfig, demos: Demonstrations, policy: PixioPolicy, source, device, started):
         self.cfg, self.demos, self.policy, self.source, self.device = cfg, demos, policy, source, device
         self.hc = policy.config.head_config
         n, bs = len(demos), cfg.batch_size
@@ -254,6 +254,9 @@ class _Epochs:
         self.eval_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + cfg.eval_episodes))
         self.best_success, self.best_epoch, self.losses = None, None, []
         self._order, self._epoch_loss = (-1, None), []
+        # seconds spent before this process (a resumed run: until its last checkpoint), so that
+        # summary.json times the whole run; None: resumed from a checkpoint saved before they were kept
+        self.started, self.seconds_before = started, 0.0
         # heads whose frames are coded one by one get each distinct frame of a batch once
         self.per_frame = isinstance(policy.head, CortexBenchHead)
 
@@ -313,15 +316,19 @@ class _Epochs:
             _copy_checkpoint(self.last_dir, self.best_dir)
         return success
 
+    def seconds(self) -> float | None:
+        return None if self.seconds_before is None else self.seconds_before + time.perf_counter() - self.started
+
     def state(self) -> dict:
         kept = {"best_success": self.best_success, "best_epoch": self.best_epoch, "losses": self.losses}
-        return {"training": json.dumps(kept)}
+        return {"training": json.dumps(kept | {"seconds": self.seconds()})}
 
     def restore(self, saved: dict) -> None:
         self.best_success, self.best_epoch, self.losses = saved["best_success"], saved["best_epoch"], saved["losses"]
+        self.seconds_before = saved.get("seconds")
 
 
-def _summarise(cfg, out: Path, steps: _Epochs, caches, pconfig: PixioConfig, elapsed: float) -> TrainResult:
+def _summarise(cfg, out: Path, steps: _Epochs, caches, pconfig: PixioConfig, elapsed: float | None) -> TrainResult:
     losses, seeds = steps.losses, steps.eval_seeds
     summary = {
         "epochs": len(losses),
@@ -493,12 +500,16 @@ def _copy_checkpoint(src: Path, dst: Path) -> None:
             shutil.copy2(f, tmp / f.name)
 
 
+def _duration(seconds: float | None) -> str:
+    return "an unknown time (resumed from a checkpoint that kept none)" if seconds is None else f"{seconds:.0f}s"
+
+
 def run(cfg: TrainPolicyConfig) -> int:
     result = train_policy(cfg)
     losses = result.losses
     best = "" if result.best_success is None else f", best validation success {result.best_success:.0%}"
     print(
-        f"{result.out}: {result.epochs} epochs in {result.seconds:.0f}s, loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+        f"{result.out}: {result.epochs} epochs in {_duration(result.seconds)}, loss {losses[0]:.4f} -> {losses[-1]:.4f}"
         f"{best}; policy: {result.best} (evaluate: pixio-robot eval-policy policy={result.best} out=...)"
     )
     if result.test:

@@ -220,10 +220,15 @@ def test_resumed_run_matches_the_uninterrupted_one(dataset, tmp_path):
     common = ["batch_size=32", "save_every=1", "seed=3"]
     assert main(train_args(dataset, whole, "epochs=4", *common)) == 0
     assert main(train_args(dataset, split, "epochs=2", *common)) == 0
+    first = json.loads((split / "summary.json").read_text())["seconds"]
+    saved = json.loads(torch.load(list_checkpoints(split)[-1][1], weights_only=True)["training"])["seconds"]
+    assert 0 < saved <= first
     assert main(train_args(dataset, split, "epochs=4", "resume=true", *common)) == 0
     a = load_file(str(whole / "checkpoints/last/model.safetensors"))
     b = load_file(str(split / "checkpoints/last/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed run's time includes the first process's, up to the checkpoint it resumed from
+    assert json.loads((split / "summary.json").read_text())["seconds"] > saved
     with open(split / "metrics.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
