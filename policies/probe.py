@@ -2,8 +2,8 @@
 
 The cheapest check of an encoder for robot learning, before any policy is trained: render N
 reset scenes of an environment (object positions drawn by the task), encode one camera image
-of each, and fit ridge regressions from the encoder's last-block patch tokens (and, separately,
-from its global embedding) to the objects' positions. The error on held-out scenes, per
+of each, and fit ridge regressions from the encoder's last-block patch tokens (`block=` reads
+another) and, separately, from its global embedding to the objects' positions. The error on held-out scenes, per
 coordinate in centimetres, says how precisely a linear read-out of the frozen features can
 localise the objects; policies need about 1-2 cm. The same architecture random-initialised,
 and predicting the training mean, are the two baselines it is read against.
@@ -113,10 +113,12 @@ def rmse_cm(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return 100.0 * np.sqrt(((pred - truth) ** 2).mean(0))
 
 
-def encode(encoder, images: np.ndarray, image_size: int, device, progress: bool) -> dict[str, np.ndarray]:
+def encode(
+    encoder, images: np.ndarray, image_size: int, device, progress: bool, block: int = -1
+) -> dict[str, np.ndarray]:
     from pixio_robot.extract import FeatureExtractor
 
-    extractor = FeatureExtractor(encoder, size=image_size, blocks=-1, patches=True, batch_size=32, device=device)
+    extractor = FeatureExtractor(encoder, size=image_size, blocks=block, patches=True, batch_size=32, device=device)
     feats = extractor(images, progress=progress, desc="encode")
     block = extractor.blocks[0]
     return {
@@ -146,6 +148,7 @@ def probe(cfg: ProbeConfig) -> dict:
     options = {} if cfg.difficulty is None else {"difficulty": cfg.difficulty}
     EnvSpec.parse(cfg.env, **options).make().close()  # bad env options are refused before any work
     encoder = load_encoder(cfg.encoder).eval()
+    (block,) = encoder.block_indices(cfg.block)  # an unknown block is refused before any rendering
     size = cfg.image_size or int(encoder.config["img_size"][0])
     device = pick_device(cfg.device)
     started = time.perf_counter()
@@ -161,7 +164,7 @@ def probe(cfg: ProbeConfig) -> dict:
             encoders["random"] = PixioViT(**encoder.config).eval()
     for label, enc in encoders.items():
         with torch.no_grad():
-            feats = encode(enc, scenes.images, size, device, cfg.progress)
+            feats = encode(enc, scenes.images, size, device, cfg.progress, block)
         for kind, x in feats.items():
             rows[f"{label} {kind}"] = rmse_cm(ridge_probe(x[~test], scenes.targets[~test], x[test]), truth)
     result = {
@@ -171,6 +174,8 @@ def probe(cfg: ProbeConfig) -> dict:
         "difficulty": cfg.difficulty,
         "camera": cfg.camera,
         "image_size": size,
+        "block": block,
+        "blocks": len(encoder.blocks),
         "scenes": cfg.scenes,
         "held_out": int(n_test),
         "seeds": [cfg.seed, cfg.seed + cfg.scenes - 1],
@@ -196,9 +201,10 @@ def format_table(result: dict) -> str:
 
 def run(cfg: ProbeConfig) -> int:
     result = probe(cfg)
+    block_label = f"{result['block']}" + (" (the last)" if result["block"] == result["blocks"] - 1 else "")
     print(
         f"probe of {cfg.encoder} on {cfg.env}: {result['scenes']} scenes, {result['held_out']} held out, "
-        f"{result['image_size']} px, ridge on last-block patch tokens / global embedding"
+        f"{result['image_size']} px, ridge on block {block_label} patch tokens / global embedding"
     )
     print(format_table(result))
     if math.isfinite(result["rmse_cm"].get("random patches", math.nan)):

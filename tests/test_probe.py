@@ -36,6 +36,19 @@ def test_probe_command_on_a_tiny_encoder(tmp_path, capsys):
     assert result["targets"] == ["goal_x", "goal_y", "goal_z"] and result["held_out"] == 5
     assert set(result["rmse_cm"]) == {"mean", "encoder patches", "encoder global", "random patches", "random global"}
     assert all(np.isfinite(v) and v > 0 for v in result["rmse_cm"].values())
+    assert result["block"] == 5 and result["blocks"] == 6 and "block 5 (the last)" in printed
+
+
+def test_probe_reads_the_block_it_is_given(tmp_path):
+    # block=0 reads other tokens than the last block, so the errors differ
+    errors = {}
+    for block in (0, -1):
+        out = tmp_path / f"{block}.json"
+        args = ["probe", "encoder=vitn16", "env=reach", "scenes=24", "image_size=32", f"block={block}"]
+        assert main([*args, "compare_random=false", f"out={out}", "progress=false"]) == 0
+        result = json.loads(out.read_text())
+        errors[result["block"]] = result["rmse_cm"]["encoder patches"]
+    assert set(errors) == {0, 5} and errors[0] != errors[5]
 
 
 def test_probe_renders_the_difficulty_it_is_given(tmp_path):
@@ -60,6 +73,7 @@ def test_probe_renders_the_difficulty_it_is_given(tmp_path):
         ("holdout=1.5", "holdout=1.5: give a fraction between 0 and 1"),
         ("camera=nope", "unknown camera 'nope'"),
         ("difficulty=easy", "difficulty='easy': choose benchmark or hard"),
+        ("block=6", "block 6 does not exist: this encoder has blocks 0..5"),
     ],
 )
 def test_probe_refuses_bad_input_in_one_line(tmp_path, capsys, option, message):
