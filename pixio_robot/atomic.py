@@ -3,7 +3,9 @@
 Everything the toolkit writes (checkpoints, features, results, recordings) goes through
 `atomic_path`: write to a temporary name in the same folder, flush it to disk, then rename.
 A crash or a kill leaves at most a stray `.tmp-*` file, which readers never look at and the
-next write of the same path removes.
+next write of the same path removes. Temporary names carry the writer's process id, so that two
+processes writing the same path at once (two runs sharing a token cache) never take each other's
+half-written file for a stray: only a dead process's leftovers are removed.
 
 Temporary files get the permissions of an ordinary `open()` (0666 less the umask), not
 mkstemp's 0600: a run's weights and metadata must be readable by colleagues on a shared machine
@@ -29,11 +31,32 @@ def _umask() -> int:
     return mask
 
 
+def _tmp_prefix(path: Path) -> str:
+    return f"{TMP_PREFIX}{path.name}.{os.getpid()}-"
+
+
+def _writer_alive(stale: Path, path: Path) -> bool:
+    """Whether the process named in a temporary name (`.tmp-<name>.<pid>-...`) still runs here."""
+    pid = stale.name[len(TMP_PREFIX) + len(path.name) + 1 :].partition("-")[0]
+    if not pid.isdigit():
+        return False  # no writer named (`.old-` folders, names of earlier versions)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
 def _remove_stale(path: Path) -> None:
-    """Delete what a killed earlier write of `path` left (its `.tmp-<name>.*` siblings)."""
+    """Delete what a killed earlier write of `path` left (its `.tmp-<name>.*` siblings whose
+    writer is gone); a write in progress in another process is left alone."""
     import shutil
 
     for stale in path.parent.glob(f"{TMP_PREFIX}{glob.escape(path.name)}.*"):
+        if _writer_alive(stale, path):
+            continue
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
@@ -43,7 +66,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp)
@@ -67,7 +90,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     tmp.chmod(0o777 & ~_umask())
     old = None
     try:

@@ -40,6 +40,38 @@ def test_next_write_removes_what_a_killed_write_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-lastly.keep", "last", "model.bin"]
 
 
+def test_a_write_in_progress_in_another_process_is_not_taken_for_a_stray(tmp_path):
+    # Two runs sharing a cache write the same file at once: the second write must leave the
+    # first one's temporary file alone while its writer lives, and remove it once it is dead.
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = tmp_path / f".tmp-tokens.bin.{os.getppid()}-abc"  # the parent of this process runs
+    gone = tmp_path / f".tmp-tokens.bin.{int(dead.stdout)}-xyz"
+    live.write_bytes(b"being written")
+    gone.write_bytes(b"half")
+    write_bytes(tmp_path / "tokens.bin", b"whole")
+    assert live.is_file() and not gone.exists()
+
+
+def test_two_processes_writing_one_path_at_once_both_succeed(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        pool.starmap(
+            _write_many, [(str(tmp_path / "shared.bin"), b"a" * 2**18), (str(tmp_path / "shared.bin"), b"b" * 2**18)]
+        )
+    assert (tmp_path / "shared.bin").read_bytes() in (b"a" * 2**18, b"b" * 2**18)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _write_many(path: str, data: bytes) -> None:
+    for _ in range(50):
+        write_bytes(path, data)
+
+
 def test_a_run_folder_goes_again_only_if_its_setup_failed_and_it_was_new(tmp_path):
     new, old = tmp_path / "a" / "new", tmp_path / "old"
     old.mkdir()
