@@ -5,8 +5,8 @@ reset scenes of an environment (object positions drawn by the task), encode one 
 of each, and fit ridge regressions from the encoder's last-block patch tokens (`block=` reads
 another) and, separately, from its global embedding to the objects' positions. The error on
 held-out scenes, per coordinate in centimetres, says how precisely a linear read-out of the
-frozen features can localise the objects; policies need about 1-2 cm. The same architecture random-initialised,
-and predicting the training mean, are the two baselines it is read against.
+frozen features can localise the objects; policies need about 1-2 cm. The same architecture
+random-initialised, and predicting the training mean, are the two baselines it is read against.
 
     pixio-robot probe encoder=sim_vitn16_v2 env=push scenes=1000 out=probe.json
 
