@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pixio_robot.errors import PixioError
 
 # Options added after heads and runs were saved, with the value those had: heads saved before
-# `pose_frame` existed predicted poses in view 0's frame. Loading a head and resuming a run
-# both read a missing option as this.
-SAVED_BEFORE = {"pose_frame": "reference"}
+# `pose_frame` existed predicted poses in view 0's frame, those saved before `dense_head` had
+# the per-token MLP (the DPT width is then unused). Loading a head and resuming a run both read
+# a missing option as this.
+SAVED_BEFORE = {"pose_frame": "reference", "dense_head": "mlp", "dpt_features": 64}
 
 
 @dataclass
@@ -34,6 +35,12 @@ class ReconConfig:
     # can then read its pose from its own image (where the robot and table are) and the head
     # need not learn to subtract view 0's pose inside an MLP (README, reconstruction).
     pose_frame: str = field(default="shared", metadata={"help": "shared or reference (see the README)"})
+    # How the per-pixel outputs (rays, depth, confidence, mask) are made from the tokens. "mlp":
+    # an MLP per token, pixel-shuffled (DUSt3R's linear head). "dpt": MapAnything's dense head,
+    # the DPT decoder (recon/dpt.py) over 4 maps: the projected encoder tokens and the outputs of
+    # blocks depth*k//3 - 1 (k = 1, 2, 3); convolutions across patches give within-patch detail.
+    dense_head: str = field(default="mlp", metadata={"help": "mlp (per token) or dpt (multi-scale decoder)"})
+    dpt_features: int = field(default=64, metadata={"help": "DPT fusion width; reassemble widths f/2, f, 2f, 2f"})
     # Known intrinsics enter as the pixel rays they imply, patchified and added to the tokens.
     # Training drops them with this probability so one model serves both cases.
     intrinsics_dropout: float = field(default=0.5, metadata={"help": "chance of hiding known intrinsics per view"})
@@ -58,6 +65,10 @@ class ReconConfig:
             )
         if self.depth < 1:
             raise PixioError(f"recon.depth={self.depth}: use at least 1 block (even blocks are global)")
+        if self.dense_head not in ("mlp", "dpt"):
+            raise PixioError(f"recon.dense_head={self.dense_head!r}: choose mlp or dpt")
+        if self.dpt_features < 4 or self.dpt_features % 2:
+            raise PixioError(f"recon.dpt_features={self.dpt_features}: give an even width of at least 4")
         if self.pose_frame not in ("reference", "shared"):
             raise PixioError(f"recon.pose_frame={self.pose_frame!r}: choose reference or shared")
         if not 0.0 <= self.intrinsics_dropout <= 1.0:
@@ -78,3 +89,8 @@ class ReconConfig:
                 f"unknown recon config keys {sorted(unknown)}: was the checkpoint written by a newer version?"
             )
         return cls(**{**SAVED_BEFORE, **values}).check()
+
+    @property
+    def dpt_blocks(self) -> list[int]:
+        """The blocks whose outputs the DPT dense head reads after the projected input tokens."""
+        return [max(self.depth * k // 3 - 1, 0) for k in (1, 2, 3)]

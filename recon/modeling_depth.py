@@ -24,30 +24,15 @@ from pixio_robot.atomic import atomic_path
 from pixio_robot.errors import PixioError
 
 from .configuration_depth import DepthHeadConfig
+from .dpt import DPT
 
 FORMAT = "pixio-robot/depth-head/1"
+_DECODER = ("project.", "resize.", "to_features.", "fusion.", "output.")
 
 
-class _ResidualConv(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
-
-
-class _Fusion(nn.Module):
-    """DPT's feature fusion: the coarser path plus a refined skip, refined, up 2x."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.skip, self.refine, self.out = _ResidualConv(c), _ResidualConv(c), nn.Conv2d(c, c, 1)
-
-    def forward(self, path: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = path if skip is None else path + self.skip(skip)
-        x = F.interpolate(self.refine(x), scale_factor=2, mode="bilinear", align_corners=True)
-        return self.out(x)
+def _prefix_decoder_keys(state: dict, prefix: str, *args) -> None:
+    for key in [k for k in state if k.startswith(tuple(prefix + d for d in _DECODER))]:
+        state[prefix + "dpt." + key[len(prefix) :]] = state.pop(key)
 
 
 class DepthHead(nn.Module):
@@ -57,25 +42,9 @@ class DepthHead(nn.Module):
         if config.head == "linear":
             self.linear = nn.Linear(tap_dim, 1)
             return
-        f, ch = config.features, config.channels
-        self.project = nn.ModuleList([nn.Conv2d(tap_dim, c, 1) for c in ch])
-        self.resize = nn.ModuleList(
-            [
-                nn.ConvTranspose2d(ch[0], ch[0], 4, stride=4),
-                nn.ConvTranspose2d(ch[1], ch[1], 2, stride=2),
-                nn.Identity(),
-                nn.Conv2d(ch[3], ch[3], 3, stride=2, padding=1),
-            ]
-        )
-        self.to_features = nn.ModuleList([nn.Conv2d(c, f, 3, padding=1, bias=False) for c in ch])
-        self.fusion = nn.ModuleList([_Fusion(f) for _ in ch])
-        self.output = nn.Sequential(
-            nn.Conv2d(f, f // 2, 3, padding=1),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-            nn.Conv2d(f // 2, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 1, 1),
-        )
+        self.dpt = DPT(tap_dim, config.features, config.channels)
+        # Heads saved before the decoder moved into recon/dpt.py name its weights without "dpt.".
+        self._register_load_state_dict_pre_hook(_prefix_decoder_keys)
 
     def forward(self, taps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """taps (B, T, h, w, C) -> depth (B, H, W) in metres."""
@@ -88,16 +57,9 @@ class DepthHead(nn.Module):
         if self.config.head == "linear":
             logit = self.linear(x[:, 0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         else:
-            layers = [conv(res(proj(x[:, i]))) for i, (proj, res, conv) in enumerate(self._stages())]
-            path = self.fusion[3](layers[3])
-            for i in (2, 1, 0):
-                path = self.fusion[i](path, layers[i][..., : path.shape[-2], : path.shape[-1]])
-            logit = self.output(path)
+            logit = self.dpt([x[:, i] for i in range(x.shape[1])])
         logit = F.interpolate(logit, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         return (torch.sigmoid(logit) * self.config.max_depth).clamp(min=self.config.min_depth)
-
-    def _stages(self):
-        return zip(self.project, self.resize, self.to_features, strict=True)
 
     # ---- files -------------------------------------------------------------------------------
 

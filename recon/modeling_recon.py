@@ -6,8 +6,9 @@
       -> + a learned reference-view vector on view 0
       -> alternating attention: even blocks over all views' tokens and a learned scale token,
          odd blocks within each view
-      -> dense head (per token, pixel-shuffled to full resolution): unit rays, depth along the
-         ray (exp), confidence (1 + exp), mask logit
+      -> dense head (an MLP per token pixel-shuffled to full resolution, or the DPT decoder over
+         the input tokens and three blocks' outputs): unit rays, depth along the ray (exp),
+         confidence (1 + exp), mask logit
       -> pose head (mean of each view's tokens): translation + unit quaternion, cam-to-world in
          view 0's frame (view 0 is the identity by definition)
       -> scale head (scale token): metric scale m = exp(MLP)
@@ -38,6 +39,7 @@ from pixio_robot.errors import PixioError
 
 from . import geometry
 from .configuration_recon import ReconConfig
+from .dpt import DPT
 
 FORMAT = "pixio-robot/recon-head/1"
 DENSE_CHANNELS = 6  # ray (3), depth, confidence, mask logit
@@ -91,7 +93,11 @@ class ReconModel(nn.Module):
             [Block(d, config.num_heads, config.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(config.depth)]
         )
         self.norm = norm(d)
-        self.dense_head = Mlp(d, config.head_hidden, DENSE_CHANNELS * p * p)
+        if config.dense_head == "dpt":
+            f = config.dpt_features
+            self.dense_head = DPT(d, f, [f // 2, f, 2 * f, 2 * f], DENSE_CHANNELS)
+        else:
+            self.dense_head = Mlp(d, config.head_hidden, DENSE_CHANNELS * p * p)
         self.pose_head = Mlp(d, config.head_hidden, 7)
         self.scale_head = Mlp(d, config.head_hidden, 1)
         self.reset_parameters()
@@ -107,9 +113,15 @@ class ReconModel(nn.Module):
         nn.init.trunc_normal_(self.reference, std=0.02)
         nn.init.trunc_normal_(self.scale_token, std=0.02)
         # Start near a plausible guess: rays straight ahead at depth 1, identity poses, m = 1.
-        p2 = self.patch_size**2
-        self.dense_head.fc2.weight.mul_(0.1)
-        self.dense_head.fc2.bias[2 * p2 : 3 * p2] = 1.0
+        if self.config.dense_head == "dpt":
+            last = self.dense_head.output[-1]
+            last.weight.mul_(0.1)
+            last.bias.zero_()
+            last.bias[2] = 1.0  # ray z
+        else:
+            p2 = self.patch_size**2
+            self.dense_head.fc2.weight.mul_(0.1)
+            self.dense_head.fc2.bias[2 * p2 : 3 * p2] = 1.0
         self.pose_head.fc2.weight.mul_(0.1)
         self.pose_head.fc2.bias[6] = 1.0  # quaternion w
         self.scale_head.fc2.weight.mul_(0.1)
@@ -140,6 +152,7 @@ class ReconModel(nn.Module):
         x = x.flatten(2, 3)  # (B, V, N, d)
         x = torch.cat([x[:, :1] + self.reference, x[:, 1:]], dim=1)
         n = x.shape[2]
+        taps = [x]  # the DPT head's maps: the input tokens, then the outputs of config.dpt_blocks
         scale = self.scale_token.expand(b, -1, -1)
         for i, block in enumerate(self.blocks):
             if i % 2 == 0:  # global: every token of every view, and the scale token
@@ -147,8 +160,9 @@ class ReconModel(nn.Module):
                 scale, x = y[:, :1], y[:, 1:].unflatten(1, (v, n))
             else:  # frame: within each view
                 x = block(x.flatten(0, 1)).unflatten(0, (b, v))
+            taps += [x] * self.config.dpt_blocks.count(i)
         x = self.norm(x)
-        out = self._dense(x, h, w)
+        out = self._dense(x, h, w) if self.config.dense_head == "mlp" else self._dpt(taps[:-1] + [x], h, w)
         quat, trans = self._poses(x)
         m = torch.exp(self.scale_head(self.norm(scale[:, 0])).squeeze(-1).clamp(-_MAX_LOG, _MAX_LOG))
         rays = out[..., :3]
@@ -170,6 +184,17 @@ class ReconModel(nn.Module):
         y = self.dense_head(x).transpose(-1, -2).reshape(b * v, -1, h, w)  # (B*V, C*p*p, h, w)
         y = F.pixel_shuffle(y, self.patch_size).unflatten(0, (b, v))  # (B, V, C, H, W)
         y = y.permute(0, 1, 3, 4, 2)
+        return torch.cat([F.normalize(y[..., :3], dim=-1), y[..., 3:]], dim=-1)
+
+    def _dpt(self, taps: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+        """taps: 4 x (B, V, N, d), the last one normed -> (B, V, H, W, C)."""
+        b, v = taps[0].shape[:2]
+        maps = [self.norm(t).transpose(-1, -2).reshape(b * v, -1, h, w) for t in taps[:-1]]
+        maps.append(taps[-1].transpose(-1, -2).reshape(b * v, -1, h, w))
+        y = self.dense_head(maps)  # (B*V, C, 16 h, 16 w)
+        if self.patch_size != 16:
+            y = F.interpolate(y, size=(h * self.patch_size, w * self.patch_size), mode="bilinear", align_corners=False)
+        y = y.unflatten(0, (b, v)).permute(0, 1, 3, 4, 2)
         return torch.cat([F.normalize(y[..., :3], dim=-1), y[..., 3:]], dim=-1)
 
     def _poses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -289,3 +289,18 @@ def test_the_bundled_depth_head_is_accurate_on_fresh_scenes(tmp_path, head):
     assert main(["eval-depth", f"checkpoint={head}", data, f"out={result}", "progress=false"]) == 0
     metrics = json.loads(result.read_text())
     assert metrics["views"] == 8 and metrics["d1"] > 0.93 and metrics["abs_rel"] < 0.1, metrics
+
+
+def test_a_depth_head_saved_before_the_shared_dpt_module_loads_unchanged(tmp_path):
+    """Bundled heads name the decoder's weights without the "dpt." prefix they have now."""
+    from recon.configuration_depth import DepthHeadConfig
+    from recon.modeling_depth import DepthHead
+
+    torch.manual_seed(0)
+    head = DepthHead(DepthHeadConfig(features=8, channels=[4, 8, 8, 8]), 16).eval()
+    old_names = {k.removeprefix("dpt."): v for k, v in head.state_dict().items()}
+    assert "project.0.weight" in old_names
+    again = DepthHead(DepthHeadConfig(features=8, channels=[4, 8, 8, 8]), 16).eval()
+    again.load_state_dict(old_names)
+    taps = torch.randn(2, 4, 3, 5, 16)
+    assert torch.equal(again(taps, (48, 80)), head(taps, (48, 80)))

@@ -98,6 +98,30 @@ def test_save_and_load_round_trip(model, tmp_path):
         model(torch.randn(1, 2, 2, 3, 25))
 
 
+def test_the_dpt_dense_head_gives_full_resolution_outputs_on_any_grid(tmp_path):
+    torch.manual_seed(0)
+    config = ReconConfig(dim=32, depth=4, num_heads=2, head_hidden=32, dense_head="dpt", dpt_features=8)
+    model = ReconModel(config, encoder_dim=24).eval()
+    for h, w in [(3, 4), (8, 8), (5, 7)]:  # odd sides: the coarser DPT path is cropped to the finer one
+        out = model(torch.randn(2, 3, h, w, 24))
+        assert out.rays.shape == (2, 3, 16 * h, 16 * w, 3) and out.mask_logits.shape == (2, 3, 16 * h, 16 * w)
+        assert torch.allclose(out.rays.norm(dim=-1), torch.ones(2, 3, 16 * h, 16 * w), atol=1e-5)
+        # the same starting guess as the MLP head: rays about straight ahead at depth about 1
+        assert out.rays[..., 2].min() > 0.9 and (out.depth.log().abs() < 0.5).all()
+    tokens = torch.randn(1, 2, 2, 3, 24)
+    loaded, _ = ReconModel.load(model.save(tmp_path / "dpt.safetensors"))
+    assert loaded.config.dense_head == "dpt" and torch.equal(loaded(tokens).depth, model(tokens).depth)
+    # the blocks it reads after the input tokens, for heads of any depth
+    assert [ReconConfig(depth=d).dpt_blocks for d in (1, 2, 4, 8)] == [[0, 0, 0], [0, 0, 1], [0, 1, 3], [1, 4, 7]]
+    # heads saved before the option had the per-token MLP
+    old = {k: v for k, v in TINY.to_dict().items() if k not in ("dense_head", "dpt_features")}
+    assert ReconConfig.from_dict(old).dense_head == "mlp"
+    with pytest.raises(PixioError, match="recon.dense_head='conv': choose mlp or dpt"):
+        ReconConfig(dense_head="conv").check()
+    with pytest.raises(PixioError, match="recon.dpt_features=3"):
+        ReconConfig(dense_head="dpt", dpt_features=3).check()
+
+
 def _targets(views: int = 3, metric: bool = True) -> Targets:
     rng = np.random.default_rng(0)
     h, w = 16, 16

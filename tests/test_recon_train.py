@@ -356,7 +356,8 @@ def test_a_refused_run_leaves_no_folder_and_a_resumed_one_keeps_its_own(data, tr
 
 def test_a_run_saved_before_pose_frame_resumes_as_reference(data, trained, tmp_path, capsys):
     """Runs started before `recon.pose_frame` existed predicted poses in view 0's frame: a resume
-    compares them as `reference` and says so, instead of refusing with a value nobody can pass."""
+    compares them as `reference` and says so, instead of refusing with a value nobody can pass.
+    Runs started before `recon.dense_head` resume as the per-token MLP they had."""
     import shutil
 
     from pixio_robot.harness import latest_checkpoint
@@ -366,8 +367,20 @@ def test_a_run_saved_before_pose_frame_resumes_as_reference(data, trained, tmp_p
     path = latest_checkpoint(old)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = json.loads(ckpt["config"])
-    del config["recon"]["pose_frame"]
+    for option in ("pose_frame", "dense_head", "dpt_features"):  # the options added since
+        del config["recon"][option]
     torch.save(ckpt | {"config": json.dumps(config)}, path)
     assert main(train_args(data, old, "steps=61", "save_every=30")) == 2
     assert "started with recon.pose_frame='reference'" in capsys.readouterr().err
     assert main(train_args(data, old, "steps=61", "save_every=30", "recon.pose_frame=reference")) == 0
+
+
+def test_a_head_with_the_dpt_dense_head_trains_from_the_command_line(data, trained, tmp_path):
+    out = tmp_path / "dpt"
+    assert main(train_args(data, out, "steps=60", "recon.dense_head=dpt", "recon.dpt_features=8")) == 0
+    model, _ = ReconModel.load(out / "model.safetensors")
+    assert model.config.dense_head == "dpt"
+    torch.manual_seed(0)
+    untrained = ReconModel(model.config, model.encoder_dim)
+    before, after = fixed_loss(untrained, data, out), fixed_loss(model, data, out)
+    assert after < 0.8 * before, (before, after)  # as the MLP head in test_training_lowers_the_loss
