@@ -162,7 +162,8 @@ class ReconModel(nn.Module):
                 x = block(x.flatten(0, 1)).unflatten(0, (b, v))
             taps += [x] * self.config.dpt_blocks.count(i)
         x = self.norm(x)
-        out = self._dense(x, h, w) if self.config.dense_head == "mlp" else self._dpt(taps[:-1] + [x], h, w)
+        taps[-1] = x  # the last block's output, normed as the MLP and pose heads read it
+        out = self._dense(taps, h, w)
         quat, trans = self._poses(x)
         m = torch.exp(self.scale_head(self.norm(scale[:, 0])).squeeze(-1).clamp(-_MAX_LOG, _MAX_LOG))
         rays = out[..., :3]
@@ -179,21 +180,19 @@ class ReconModel(nn.Module):
             scale=m,
         )
 
-    def _dense(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, v, n, _ = x.shape
-        y = self.dense_head(x).transpose(-1, -2).reshape(b * v, -1, h, w)  # (B*V, C*p*p, h, w)
-        y = F.pixel_shuffle(y, self.patch_size).unflatten(0, (b, v))  # (B, V, C, H, W)
-        y = y.permute(0, 1, 3, 4, 2)
-        return torch.cat([F.normalize(y[..., :3], dim=-1), y[..., 3:]], dim=-1)
-
-    def _dpt(self, taps: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """taps: 4 x (B, V, N, d), the last one normed -> (B, V, H, W, C)."""
+    def _dense(self, taps: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+        """Per-pixel outputs (B, V, H, W, C) from the 4 taps (B, V, N, d), the last one normed:
+        the MLP head reads the last one, the DPT head all four (each normed)."""
         b, v = taps[0].shape[:2]
-        maps = [self.norm(t).transpose(-1, -2).reshape(b * v, -1, h, w) for t in taps[:-1]]
-        maps.append(taps[-1].transpose(-1, -2).reshape(b * v, -1, h, w))
-        y = self.dense_head(maps)  # (B*V, C, 16 h, 16 w)
-        if self.patch_size != 16:
-            y = F.interpolate(y, size=(h * self.patch_size, w * self.patch_size), mode="bilinear", align_corners=False)
+        p = self.patch_size
+        if self.config.dense_head == "dpt":
+            maps = [t if i == 3 else self.norm(t) for i, t in enumerate(taps)]
+            y = self.dense_head([t.transpose(-1, -2).reshape(b * v, -1, h, w) for t in maps])  # (B*V, C, 16h, 16w)
+            if p != 16:
+                y = F.interpolate(y, size=(h * p, w * p), mode="bilinear", align_corners=False)
+        else:
+            y = self.dense_head(taps[-1]).transpose(-1, -2).reshape(b * v, -1, h, w)  # (B*V, C*p*p, h, w)
+            y = F.pixel_shuffle(y, p)  # (B*V, C, H, W)
         y = y.unflatten(0, (b, v)).permute(0, 1, 3, 4, 2)
         return torch.cat([F.normalize(y[..., :3], dim=-1), y[..., 3:]], dim=-1)
 

@@ -53,7 +53,8 @@ def main() -> None:
             pred_cam, true_cam = out.camera_points()[0].double().numpy(), tgt.camera_points()[0].double().numpy()
             true_pts, valid = tgt.points()[0].double().numpy(), tgt.valid[0].numpy()
             r, t = relative_pose_errors(pred_c2w, true_c2w)
-            rot, trans = [*rot, *r], [*trans, *t]
+            rot.extend(r)
+            trans.extend(t)
             own = out.points()[0].double().numpy()
             rows["own"].append(set_metrics(own, pred_cam, m, pred_c2w, true_pts, true_cam, true_c2w, valid))
             # metric camera points under the true (metric) poses; set_metrics normalises the scale away
