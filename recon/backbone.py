@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pixio_robot.bundled import bundled_path, is_bundled
+from pixio_robot.bundled import BUNDLED, bundled_path, is_bundled
 from pixio_robot.checkpoints import load_encoder, save_encoder, sha256_file
 from pixio_robot.encoder import PixioViT, create_encoder
 from pixio_robot.errors import PixioError
@@ -51,10 +51,13 @@ def prepare_encoder(
 
 
 def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | None = None) -> tuple[PixioViT, str]:
-    """(frozen encoder, its sha256) of a head checkpoint; `override` names another file."""
+    """(frozen encoder, its sha256) of a head checkpoint; `override` names another file (or a
+    bundled encoder)."""
     if override:
+        if is_bundled(override) and not os.path.exists(override):
+            override = str(bundled_path(override))
         if not os.path.exists(override):
-            raise PixioError(f"encoder={override}: no such file")
+            raise PixioError(f"encoder={override}: no such file (give an encoder file or a bundled name)")
         sha = sha256_file(override)
         if sha != info.get("sha256"):
             print(
@@ -69,11 +72,13 @@ def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | N
         path = here / path
     if not path.is_file():
         # A head copied elsewhere with its encoder beside it (e.g. a bundle, under any name) still
-        # finds it: the file of the recorded name first, then any safetensors file there.
+        # finds it: the file of the recorded name first, then any safetensors file there; a head
+        # trained on a bundled encoder on another machine (e.g. a GPU run) finds the bundled one.
         names = [path.name, ENCODER_FILE, *sorted(p.name for p in here.glob("*.safetensors"))]
         own = Path(checkpoint).resolve()
         beside = [here / n for n in dict.fromkeys(names) if (here / n).is_file() and here / n != own]
         match = [p for p in beside if sha256_file(p) == info.get("sha256")]
+        match = match or [bundled_path(n) for n, b in BUNDLED.items() if b.sha256 == info.get("sha256")]
         if not match:
             raise PixioError(
                 f"the encoder this head was trained on ({path}) is missing: put it next to the head, or pass "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Wheels a GPU machine with only PyTorch, timm, transformers, numpy and pillow lacks for
-# `render-frames`, `pretrain` and `probe` (scripts/gpu_encoder_v2.sh) and for the benchmarks of
+# `render-frames`, `pretrain` and `probe` (scripts/gpu_encoder_v2.sh), for `capture` and
+# `train-recon` (scripts/gpu_recon.sh) and for the benchmarks of
 # scripts/gpu_scale.sh (lightly, the pre-training peer), at the versions of
 # uv.lock, plus the project's own wheel, into DIR (default .whl, which git must ignore):
 #
@@ -13,7 +14,8 @@
 # rerun-sdk (170 MB) does not travel: the stand-in turns its calls into no-ops there. MetaWorld
 # tasks in TASKS would need metaworld's wheel too. 26 MB in all. Checked here: a fresh virtual
 # environment with only torch, timm, transformers, numpy and pillow plus these wheels ran
-# `SMOKE=1 scripts/gpu_encoder_v2.sh` end to end.
+# `SMOKE=1 scripts/gpu_encoder_v2.sh` end to end; `SMOKE=1 scripts/gpu_recon.sh` ran with every
+# package the machine lacks made unimportable (eval-recon needs open3d: evaluate its head here).
 set -euo pipefail
 D=${1:-.whl}
 mkdir -p "$D"

@@ -278,6 +278,22 @@ def test_a_head_finds_its_encoder_beside_it_and_refuses_another(trained, tmp_pat
         resolve_encoder({"path": str(bundle / "small.safetensors"), "sha256": "0" * 64}, bundle / "head.safetensors")
 
 
+def test_a_head_trained_elsewhere_on_a_bundled_encoder_finds_the_bundled_one(tmp_path):
+    """A head trained on another machine (a GPU run) records that machine's path of the bundled
+    encoder; here the recorded SHA-256 finds the bundled file, and encoder= takes a bundled name."""
+    from pixio_robot.bundled import BUNDLED
+    from recon.backbone import resolve_encoder
+
+    sha = BUNDLED["sim_vitn16_v2"].sha256
+    info = {"path": "/tmp/site/pixio_robot/weights/sim_vitn16_v2.safetensors", "sha256": sha}
+    head = tmp_path / "head.safetensors"  # only its folder is read here
+    encoder, found = resolve_encoder(info, head)
+    assert found == sha and encoder.embed_dim == 128
+    assert resolve_encoder(info, head, override="sim_vitn16_v2")[1] == sha
+    with pytest.raises(PixioError, match="no such file"):
+        resolve_encoder(info, head, override=str(tmp_path / "nothing.safetensors"))
+
+
 def test_python_api_reconstructs_a_captured_scene_and_evaluates(data, trained, tmp_path):
     """What `pixio-robot demo` calls: one loaded head, a scene folder to files, metrics as a dict."""
     from pixio_robot.deps import open3d
