@@ -56,10 +56,5 @@ cp "$W/pretrain/encoder.safetensors" "$R/encoder.safetensors"
 cp "$W/pretrain/metrics.csv" "$R/metrics.csv"
 cp "$W/pretrain/config.json" "$R/pretrain_config.json"
 cp "$W/frames/frames.json" "$R/frames.json"
-python3 - "$R/metrics.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-rates = [float(r["samples_per_s"]) for r in rows[len(rows) // 5 :]]  # past the warm-up
-print(f"images/s (median after the first fifth): {sorted(rates)[len(rates) // 2]:.0f}; final loss {rows[-1]['loss']}")
-PY
+python3 "$(dirname "$0")/run_rate.py" "$R/metrics.csv" images
 ls -la "$R"

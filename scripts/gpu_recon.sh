@@ -28,6 +28,7 @@
 set -euo pipefail
 W=${1:?usage: gpu_recon.sh WORK_DIR [RESULT_DIR]}
 R=${2:-$W/result}
+HERE=$(cd "$(dirname "$0")" && pwd)
 PR=${PIXIO_ROBOT:-pixio-robot}
 if command -v uv >/dev/null 2>&1 && [ -f pyproject.toml ] && [ -z "${PIXIO_ROBOT:-}" ]; then PR="uv run pixio-robot"; fi
 SCENES=${SCENES:-2000}
@@ -63,14 +64,7 @@ if [ -z "$STEPS" ]; then
   step "step rate: a short run on a few scenes (it also fills the token cache's first entries)"
   # shellcheck disable=SC2086  # lists of options
   $PR train-recon data="$train" $CALIBRATE log_every=10 out="$W/calibrate" $common $EXTRA
-  STEPS=$(python3 - "$W/calibrate/metrics.csv" "$BATCH" "$TRAIN_S" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-rates = sorted(float(r["samples_per_s"]) for r in rows[len(rows) // 3 :])  # past the first steps
-steps_per_s = rates[len(rates) // 2] / int(sys.argv[2])
-print(max(20, int(steps_per_s * float(sys.argv[3]) * 0.9)))  # 10 % for the saves and the val loss
-PY
-)
+  STEPS=$(python3 "$HERE/run_rate.py" "$W/calibrate/metrics.csv" --steps-in "$TRAIN_S" --batch "$BATCH")
   cp "$W/calibrate/metrics.csv" "$R/calibrate_metrics.csv"
 fi
 SAVE=$((STEPS / 10 > 0 ? STEPS / 10 : 1))
@@ -84,10 +78,5 @@ step "results into $R"
 cp "$W/run/model.safetensors" "$R/model.safetensors"
 cp "$W/run/metrics.csv" "$R/metrics.csv"
 cp "$W/run/config.json" "$R/config.json"
-python3 - "$R/metrics.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-rates = [float(r["samples_per_s"]) for r in rows[len(rows) // 5 :]]  # past the warm-up
-print(f"view sets/s (median after the first fifth): {sorted(rates)[len(rates) // 2]:.0f}; final loss {rows[-1]['loss']}")
-PY
+python3 "$HERE/run_rate.py" "$R/metrics.csv" "view sets"
 ls -la "$R"
