@@ -43,8 +43,8 @@ BUNDLED: dict[str, Bundled] = {
     ),
     "recon_sim_vitn16_v2": Bundled(
         "recon_sim_vitn16_v2.safetensors",
-        "5cc0534cfb5a36b3d2bf681234492d279fec4eca46a83a890af6559c54da801b",
-        "reconstruction head v2 (poses in a shared frame, 2000 scenes) over encoder v2 (sim_vitn16_v2)",
+        "7dbc4e8bfe5ce564dbcda7cc1e51d70abc094fe36eaae76ccd223839e23c844c",
+        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 5000 steps) over encoder v2 (sim_vitn16_v2)",
     ),
     "depth_sim_vitn16": Bundled(
         "depth_sim_vitn16.safetensors",
