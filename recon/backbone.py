@@ -28,8 +28,7 @@ def prepare_encoder(
     """(frozen encoder, record for the checkpoint) for a training run in `run_dir`."""
     if init not in ("pretrained", "random"):
         raise PixioError(f"encoder_init={init!r}: use pretrained or random")
-    if is_bundled(spec) and not os.path.exists(spec):
-        spec = str(bundled_path(spec))
+    spec = _file(spec)
     is_file = os.path.exists(spec)
     if is_file and init == "pretrained":
         encoder = load_encoder(spec)
@@ -54,8 +53,7 @@ def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | N
     """(frozen encoder, its sha256) of a head checkpoint; `override` names another file (or a
     bundled encoder)."""
     if override:
-        if is_bundled(override) and not os.path.exists(override):
-            override = str(bundled_path(override))
+        override = _file(override)
         if not os.path.exists(override):
             raise PixioError(f"encoder={override}: no such file (give an encoder file or a bundled name)")
         sha = sha256_file(override)
@@ -92,6 +90,11 @@ def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | N
             "pass encoder=PATH explicitly to use it anyway"
         )
     return _frozen(load_encoder(path)), sha
+
+
+def _file(spec: str) -> str:
+    """The file of a bundled name (a path of that name wins), else `spec` unchanged."""
+    return str(bundled_path(spec)) if is_bundled(spec) and not os.path.exists(spec) else spec
 
 
 def _frozen(encoder: PixioViT) -> PixioViT:

@@ -24,7 +24,8 @@
 # whole script must fit one 600 s device call), STEPS (default: as many as TRAIN_S allows at
 # the step rate a 300-step run on 200 scenes measures first, so the cosine schedule ends in
 # time), BATCH view sets per step (24), LR (5e-4), WORKERS for capture (14), SEED (0), EXTRA
-# (more train-recon options, e.g. recon.dim=256 for a wider head). RESULT_DIR gets 4 files.
+# (more train-recon options, e.g. recon.dim=256 for a wider head). RESULT_DIR gets 3 files
+# (4 with the step-rate run's metrics).
 set -euo pipefail
 W=${1:?usage: gpu_recon.sh WORK_DIR [RESULT_DIR]}
 R=${2:-$W/result}
