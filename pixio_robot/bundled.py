@@ -43,8 +43,8 @@ BUNDLED: dict[str, Bundled] = {
     ),
     "recon_sim_vitn16_v2": Bundled(
         "recon_sim_vitn16_v2.safetensors",
-        "7dbc4e8bfe5ce564dbcda7cc1e51d70abc094fe36eaae76ccd223839e23c844c",
-        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 5000 steps) over encoder v2 (sim_vitn16_v2)",
+        "8ad449f9816d326d64d2fa42d83ca91086a97b367ab742b05f06040baae62ee4",
+        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps) over encoder v2 (sim_vitn16_v2)",
     ),
     "depth_sim_vitn16": Bundled(
         "depth_sim_vitn16.safetensors",
