@@ -48,6 +48,9 @@ class DemoConfig:
     recon_head: str = field(
         default="recon_sim_vitn16_v2", metadata={"help": "reconstruction head (bundled name or file)"}
     )
+    recon_flip: bool = field(
+        default=True, metadata={"help": "test-time flip in the reconstruction (README: better poses and points)"}
+    )
     depth_head: str = field(default="depth_sim_vitn16_v2", metadata={"help": "depth head (bundled name or file)"})
     workers: int = field(default=2, metadata={"help": "environment processes (collection, evaluation)"})
     seed: int = field(default=0, metadata={"help": "seed of training and of the reconstructed scene"})

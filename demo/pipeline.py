@@ -195,7 +195,7 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
 
     folder = out / "reconstruction"
     folder.mkdir()
-    rec = Reconstructor.from_checkpoint(cfg.recon_head, device="cpu")
+    rec = Reconstructor.from_checkpoint(cfg.recon_head, device="cpu", flip=cfg.recon_flip)
     scene = read_scene(done["scene"]["path"], rec.image_size)
     result = rec(list(scene.images))  # the images alone: cameras, depth and scale are predicted
     points = result.save_ply(folder / "scene.ply", outliers=True)

@@ -50,6 +50,10 @@ class TrainReconConfig(HeadTrainingConfig):
     explode_factor: float = field(default=10.0, metadata={"help": "a loss this many times its running mean is bad"})
     explode_patience: int = field(default=5, metadata={"help": "stop after this many bad steps in a row"})
     recon: ReconConfig = field(default_factory=ReconConfig, metadata={"help": "head and loss (configs/recon/)"})
+    flip: float = field(default=0.0, metadata={"help": "chance of training on a view set flipped left-right"})
+    init: str | None = field(
+        default=None, metadata={"help": "start from a trained head (model.safetensors or bundled name): fine-tune"}
+    )
 
 
 @dataclass
@@ -76,6 +80,7 @@ class EvalReconConfig(HeadEvalConfig):
     sets_per_scene: int = field(default=1, metadata={"help": "view sets drawn per scene"})
     seed: int = field(default=0, metadata={"help": "seed of the view sets"})
     intrinsics: bool = field(default=False, metadata={"help": "give the head the true intrinsics"})
+    flip: bool = field(default=False, metadata={"help": "test-time flip: average with the flipped images' prediction"})
     fscore_threshold: float = field(default=0.01, metadata={"help": "F-score distance threshold (m)"})
     max_points: int = field(default=20000, metadata={"help": "points per cloud for Chamfer/F-score (sampled)"})
     encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
@@ -96,6 +101,7 @@ class ReconCommandConfig:
     conf_percentile: float = field(default=10.0, metadata={"help": "drop this % of least confident points"})
     voxel: float = field(default=0.0, metadata={"help": "voxel size (m) for downsampling; 0: off"})
     outliers: bool = field(default=True, metadata={"help": "statistical outlier removal (20 nbrs, 2 std)"})
+    flip: bool = field(default=False, metadata={"help": "test-time flip: average with the flipped images' prediction"})
     encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})

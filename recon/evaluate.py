@@ -49,6 +49,7 @@ def evaluate(
     """{"<n> views": {metric: mean, ..., "sets": count}} for each n in `views`."""
     bar = dict(disable=not progress, file=sys.stderr)
     tokens = [rec.cache.tokens(s) for s in tqdm(scenes, desc="tokens", unit="scene", **bar)]
+    mirrored = [rec.cache.tokens(s, mirrored=True) for s in scenes] if rec.flip else None
     results = {}
     for n in views:
         sets = fixed_view_sets([s.num_views for s in scenes], n, sets_per_scene, seed)
@@ -58,7 +59,8 @@ def evaluate(
         rows = []
         for k, view_set in enumerate(tqdm(sets, desc=f"{n} views", unit="set", **bar)):
             x, tgt = collate([view_set], tokens, scenes)
-            out = rec.predict(x, tgt.K if intrinsics else None)
+            x_flip = None if mirrored is None else collate([view_set], mirrored, scenes)[0]
+            out = rec.predict(x, tgt.K if intrinsics else None, x_flip)
             pred_c2w, gt_c2w = out.cam2world()[0].double().cpu().numpy(), tgt.cam2world[0].double().numpy()
             row = set_metrics(
                 out.points()[0].double().cpu().numpy(),
@@ -102,17 +104,19 @@ def evaluate_checkpoint(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = False,
+    flip: bool = False,
 ) -> dict[str, dict]:
     """Metrics of a head (model.safetensors, or a loaded `Reconstructor`) on held-out scenes
     (capture folders, folders of scene folders or scene folders, with depth and poses).
 
     Returns {"<n> views": {"scale_rel", "points_rel", "points_tau", "pose_auc5", "depth_rel",
     "depth_tau", "chamfer", "fscore", "sets", "scenes"}} for each n in `views` that some scene
-    has; `cache_dir` keeps the scenes' tokens on disk (None: computed in memory)."""
+    has; `cache_dir` keeps the scenes' tokens on disk (None: computed in memory); `flip`:
+    test-time flip (a given `Reconstructor` keeps its own setting)."""
     if not views or min(views) < 1:
         raise PixioError(f"views={list(views)}: give numbers of views per set, e.g. views=[2,4]")
     with torch_threads(threads):
-        rec = Reconstructor.from_checkpoint(checkpoint, encoder, device, cache_dir)
+        rec = Reconstructor.from_checkpoint(checkpoint, encoder, device, cache_dir, flip)
         loaded = load_scenes(data, rec.image_size, geometry=True, limit=scenes, progress=progress)
         results = evaluate(
             rec, loaded, list(views), sets_per_scene, seed, intrinsics, fscore_threshold, max_points, progress
@@ -140,6 +144,7 @@ def run_eval(cfg: EvalReconConfig) -> int:
         device=cfg.device,
         threads=cfg.threads,
         progress=cfg.progress,
+        flip=cfg.flip,
     )
     print(format_table(results))
     if cfg.out:

@@ -110,6 +110,33 @@ def relative_to_first(cam2world: torch.Tensor) -> torch.Tensor:
     return invert_pose(cam2world[..., :1, :, :]) @ cam2world
 
 
+# ---- left-right mirroring -------------------------------------------------------------------
+# An image flipped left-right is the view of the mirrored scene from the mirrored camera: in
+# each camera frame x -> -x (S = diag(-1, 1, 1)), and with the world mirrored the same way a
+# camera-to-world pose P becomes S P S. Mirroring twice is the identity, so one set of functions
+# maps ground truth to the mirrored scene (training augmentation) and a prediction for mirrored
+# images back to the originals (test-time flip).
+
+
+def mirror_pose(T: torch.Tensor) -> torch.Tensor:
+    """Poses (..., 4, 4) of the mirrored scene: S T S (rotation S R S, translation S t)."""
+    s = torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=T.dtype, device=T.device)
+    return T * s[:, None] * s[None, :]
+
+
+def mirror_quat(q: torch.Tensor) -> torch.Tensor:
+    """Scalar-last quaternions (..., 4) of S R S: a rotation about axis S a by the opposite angle."""
+    return q * torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=q.dtype, device=q.device)
+
+
+def mirror_intrinsics(K: torch.Tensor, width: int) -> torch.Tensor:
+    """Intrinsics (..., 3, 3) of the flipped image (pixel u -> width - 1 - u): cx -> width - 1 - cx."""
+    K = K.clone()
+    K[..., 0, 2] = width - 1 - K[..., 0, 2]
+    K[..., 0, 1] = -K[..., 0, 1]
+    return K
+
+
 # ---- rays, depth and points ----------------------------------------------------------------
 
 

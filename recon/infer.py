@@ -32,7 +32,7 @@ from pixio_robot.images import list_images, read_image
 from .backbone import resolve_encoder
 from .commands import ReconCommandConfig
 from .data import check_image_sides, resize_view, size_pair
-from .geometry import intrinsics_from_rays
+from .geometry import intrinsics_from_rays, mirror_intrinsics
 from .modeling_recon import ReconModel, ReconOutput
 from .tokens import TokenCache
 
@@ -150,11 +150,13 @@ class Reconstructor:
         cache: TokenCache,
         image_size: tuple[int, int],
         device: torch.device | str = "cpu",
+        flip: bool = False,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cache = cache
         self.image_size = size_pair(image_size)
+        self.flip = flip  # test-time flip: also read the images flipped left-right, average
 
     @classmethod
     def from_checkpoint(
@@ -163,10 +165,12 @@ class Reconstructor:
         encoder: str | None = None,
         device: str = "auto",
         cache_dir: str | os.PathLike | None = None,
+        flip: bool = False,
     ) -> Reconstructor:
         """The head in `checkpoint` (a run's model.safetensors) on the encoder it records (or
-        `encoder`); `cache_dir` caches the tokens of scenes (evaluation), none for plain images.
-        A `Reconstructor` given as `checkpoint` is returned as it is."""
+        `encoder`); `cache_dir` caches the tokens of scenes (evaluation), none for plain images;
+        `flip`: test-time flip (twice the work). A `Reconstructor` given as `checkpoint` is
+        returned as it is."""
         if isinstance(checkpoint, Reconstructor):
             return checkpoint
         if is_bundled(checkpoint) and not os.path.exists(checkpoint):
@@ -179,14 +183,26 @@ class Reconstructor:
             raise PixioError(f"encoder width {enc.embed_dim} does not fit the head (trained on {model.encoder_dim})")
         size = size_pair(meta.get("image_size", 128))
         dev = pick_device(device)
-        return cls(model, TokenCache(enc, sha, size, cache_dir, device=dev), size, dev)
+        return cls(model, TokenCache(enc, sha, size, cache_dir, device=dev), size, dev, flip)
 
     @torch.no_grad()
-    def predict(self, tokens: torch.Tensor, K: torch.Tensor | None = None) -> ReconOutput:
-        """Head output for tokens (V, h, w, D) or (B, V, h, w, D); K (V|B,V, 3, 3) optional."""
+    def predict(
+        self, tokens: torch.Tensor, K: torch.Tensor | None = None, mirrored: torch.Tensor | None = None
+    ) -> ReconOutput:
+        """Head output for tokens (V, h, w, D) or (B, V, h, w, D); K (V|B,V, 3, 3) optional.
+
+        `mirrored`: the tokens of the same images flipped left-right. The head's prediction for
+        them, mirrored back (`ReconOutput.mirrored`), is averaged with the plain one: the two
+        are about equally good and their errors partly independent (README, test-time flip)."""
         if tokens.ndim == 4:
             tokens, K = tokens[None], None if K is None else torch.as_tensor(K)[None]
-        return self.model(tokens.to(self.device), None if K is None else torch.as_tensor(K).to(self.device))
+            mirrored = None if mirrored is None else mirrored[None]
+        K = None if K is None else torch.as_tensor(K).to(self.device)
+        out = self.model(tokens.to(self.device), K)
+        if mirrored is None:
+            return out
+        K_flip = None if K is None else mirror_intrinsics(K, tokens.shape[-2] * self.model.patch_size)
+        return ReconOutput.average([out, self.model(mirrored.to(self.device), K_flip).mirrored()])
 
     def prepare(
         self, images: Sequence[np.ndarray | str | os.PathLike], intrinsics: np.ndarray | None = None
@@ -231,7 +247,8 @@ class Reconstructor:
         self, images: Sequence[np.ndarray | str | os.PathLike], intrinsics: np.ndarray | None = None
     ) -> Reconstruction:
         views, K = self.prepare(images, intrinsics)
-        out = self.predict(self.cache.encode(views), K)
+        mirrored = self.cache.encode(views[:, :, ::-1].copy()) if self.flip else None
+        out = self.predict(self.cache.encode(views), K, mirrored)
         return Reconstruction.from_output(views, out, K)
 
 
@@ -241,9 +258,10 @@ def reconstruct(
     intrinsics: np.ndarray | None = None,
     encoder: str | None = None,
     device: str = "auto",
+    flip: bool = False,
 ) -> Reconstruction:
-    """One-call reconstruction of a set of images with a trained head."""
-    return Reconstructor.from_checkpoint(checkpoint, encoder, device)(images, intrinsics)
+    """One-call reconstruction of a set of images with a trained head (`flip`: test-time flip)."""
+    return Reconstructor.from_checkpoint(checkpoint, encoder, device, flip=flip)(images, intrinsics)
 
 
 def reconstruct_to_files(
@@ -261,6 +279,7 @@ def reconstruct_to_files(
     device: str = "auto",
     threads: int | None = None,
     overwrite: bool = False,
+    flip: bool = False,
 ) -> dict:
     """Reconstruct views and write the coloured cloud (`ply`) and, unless None, a recording (`rrd`).
 
@@ -268,7 +287,8 @@ def reconstruct_to_files(
     of the external format means its rgb/ views); `views` keeps the first N of them.
     `checkpoint`: a head's model.safetensors, or a loaded `Reconstructor` (reuse it across calls).
     `intrinsics`: known K ((3, 3), (V, 3, 3), a .npy, an .npz with K, or "scene": the K of the
-    scene folder's cameras.npz), in pixels of the given images. Nothing is written when an
+    scene folder's cameras.npz), in pixels of the given images. `flip`: test-time flip (a
+    given `Reconstructor` keeps its own setting). Nothing is written when an
     output exists and `overwrite` is False, or when anything fails (writes are atomic).
     Returns {"views", "points", "scale", "ply", "rrd", "seconds"}."""
     t0 = time.perf_counter()
@@ -295,7 +315,7 @@ def reconstruct_to_files(
     if K is not None and np.ndim(K) == 3 and len(K) > len(images):
         K = np.asarray(K)[: len(images)]  # the first `views` of a scene's cameras
     with torch_threads(threads):
-        result = Reconstructor.from_checkpoint(checkpoint, encoder, device)(images, K)
+        result = Reconstructor.from_checkpoint(checkpoint, encoder, device, flip=flip)(images, K)
     options = {"conf_percentile": conf_percentile, "voxel": voxel, "outliers": outliers}
     n = result.save_ply(ply, **options)
     if rrd:
@@ -362,6 +382,7 @@ def run_recon(cfg: ReconCommandConfig) -> int:
         device=cfg.device,
         threads=cfg.threads,
         overwrite=cfg.overwrite,
+        flip=cfg.flip,
     )
     written = " and ".join(str(p) for p in (summary["ply"], summary["rrd"]) if p)
     print(

@@ -77,6 +77,46 @@ class ReconOutput:
     def depth_z(self, metric: bool = False) -> torch.Tensor:
         return self.camera_points(metric)[..., 2]
 
+    def mirrored(self) -> ReconOutput:
+        """The same prediction for the images flipped left-right (geometry.mirror_pose): a
+        prediction made on flipped images, mirrored, is one for the original images."""
+        s = torch.tensor([-1.0, 1.0, 1.0], dtype=self.rays.dtype, device=self.rays.device)
+        flip = lambda x: x.flip(-1)  # noqa: E731  (B, V, H, W): columns
+        return ReconOutput(
+            rays=(self.rays * s).flip(-2),
+            depth=flip(self.depth),
+            conf=flip(self.conf),
+            mask_logits=flip(self.mask_logits),
+            quat=geometry.mirror_quat(self.quat),
+            trans=self.trans * s,
+            scale=self.scale,
+        )
+
+    @staticmethod
+    def average(outputs: list[ReconOutput]) -> ReconOutput:
+        """One prediction from several of the same views (e.g. of the images and, mirrored back,
+        of their flips): metric camera points, translations and scales averaged, rotations by the
+        normalised mean of sign-aligned quaternions (close to the chordal mean for small spreads),
+        confidences and mask logits averaged."""
+        if len(outputs) == 1:
+            return outputs[0]
+        scale = torch.stack([o.scale for o in outputs]).mean(0)
+        cam = torch.stack([o.camera_points(metric=True) for o in outputs]).mean(0)
+        trans = torch.stack([o.trans * o.scale[:, None, None] for o in outputs]).mean(0)
+        q0 = outputs[0].quat
+        quats = [o.quat * torch.where((o.quat * q0).sum(-1, keepdim=True) < 0, -1.0, 1.0) for o in outputs]
+        depth = cam.norm(dim=-1)
+        m = scale.view(-1, 1, 1, 1)
+        return ReconOutput(
+            rays=cam / depth.clamp(min=1e-12)[..., None],
+            depth=depth / m,
+            conf=torch.stack([o.conf for o in outputs]).mean(0),
+            mask_logits=torch.stack([o.mask_logits for o in outputs]).mean(0),
+            quat=F.normalize(torch.stack(quats).mean(0), dim=-1),
+            trans=trans / scale[:, None, None],
+            scale=scale,
+        )
+
 
 class ReconModel(nn.Module):
     def __init__(self, config: ReconConfig, encoder_dim: int, patch_size: int = 16):

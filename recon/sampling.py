@@ -14,6 +14,7 @@ import torch
 
 from pixio_robot.errors import PixioError
 
+from . import geometry
 from .data import SceneData
 from .losses import Targets
 
@@ -53,14 +54,29 @@ def fixed_view_sets(num_views: Sequence[int], views: int, sets_per_scene: int = 
 
 
 def collate(
-    sets: Sequence[ViewSet], tokens: Sequence[torch.Tensor], scenes: Sequence[SceneData]
+    sets: Sequence[ViewSet],
+    tokens: Sequence[torch.Tensor],
+    scenes: Sequence[SceneData],
+    mirrored_tokens: Sequence[torch.Tensor] | None = None,
+    mirror: Sequence[bool] | None = None,
 ) -> tuple[torch.Tensor, Targets]:
-    """Stack the sets (all with the same number of views) into model input and ground truth."""
-    x = torch.stack([tokens[s][torch.as_tensor(idx)] for s, idx in sets])
-    tgt = Targets.from_views(
-        torch.from_numpy(np.stack([scenes[s].depth[idx] for s, idx in sets])),
-        torch.from_numpy(np.stack([scenes[s].K[idx] for s, idx in sets])),
-        torch.from_numpy(np.stack([scenes[s].cam2world[idx] for s, idx in sets])),
-        torch.tensor([scenes[s].metric for s, _ in sets]),
+    """Stack the sets (all with the same number of views) into model input and ground truth.
+
+    `mirror` (one flag per set, with the scenes' `mirrored_tokens`): those sets become their
+    left-right flips, tokens of the flipped images and the mirrored scene's ground truth
+    (geometry.mirror_pose): flip augmentation."""
+    mirror = [False] * len(sets) if mirror is None else [bool(m) for m in mirror]
+    if any(mirror) and mirrored_tokens is None:
+        raise PixioError("mirrored view sets need the scenes' mirrored tokens")
+    x = torch.stack(
+        [(mirrored_tokens if m else tokens)[s][torch.as_tensor(idx)] for (s, idx), m in zip(sets, mirror, strict=True)]
     )
-    return x, tgt
+    depth = torch.from_numpy(np.stack([scenes[s].depth[idx] for s, idx in sets]))
+    K = torch.from_numpy(np.stack([scenes[s].K[idx] for s, idx in sets]))
+    cam2world = torch.from_numpy(np.stack([scenes[s].cam2world[idx] for s, idx in sets]))
+    if any(mirror):
+        m = torch.tensor(mirror)
+        depth = torch.where(m[:, None, None, None], depth.flip(-1), depth)
+        K = torch.where(m[:, None, None, None], geometry.mirror_intrinsics(K, depth.shape[-1]), K)
+        cam2world = torch.where(m[:, None, None, None], geometry.mirror_pose(cam2world), cam2world)
+    return x, Targets.from_views(depth, K, cam2world, torch.tensor([scenes[s].metric for s, _ in sets]))

@@ -77,10 +77,14 @@ class TokenCache:
             taps.append(torch.cat([patches, cls[:, None, None].expand_as(patches)], dim=-1))
         return torch.stack(taps, dim=1)
 
-    def tokens(self, scene: SceneData) -> torch.Tensor:
+    def tokens(self, scene: SceneData, mirrored: bool = False) -> torch.Tensor:
+        """The scene's tokens; `mirrored`: those of its images flipped left-right (flip
+        augmentation and test-time flip; cached beside the others)."""
+        images = scene.images[:, :, ::-1].copy() if mirrored else scene.images
         if self.folder is None:
-            return self.encode(scene.images)
-        key = hashlib.sha1(f"{scene.path.resolve()}|{scene.stamp}|{scene.num_views}".encode()).hexdigest()[:24]
+            return self.encode(images)
+        ident = f"{scene.path.resolve()}|{scene.stamp}|{scene.num_views}" + ("|mirrored" if mirrored else "")
+        key = hashlib.sha1(ident.encode()).hexdigest()[:24]
         path = self.folder / f"{key}.safetensors"
         if path.is_file():
             try:
@@ -90,7 +94,7 @@ class TokenCache:
                     return cached.float()
             except (SafetensorError, OSError, KeyError):
                 pass  # unreadable entry (e.g. a full disk earlier): recompute and replace it
-        tokens = self.encode(scene.images)
+        tokens = self.encode(images)
         with atomic_path(path) as tmp:
             save_file({"tokens": tokens.half().contiguous()}, str(tmp), metadata={"scene": str(scene.path.resolve())})
         self.misses += 1

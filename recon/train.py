@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pixio_robot.atomic import run_folder, write_json
+from pixio_robot.bundled import bundled_path, is_bundled
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
@@ -56,7 +57,10 @@ RESUMABLE_CHANGES = {
     *("lr", "grad_clip", "explode_factor", "explode_patience"),
 }
 NO_DECAY = ("reference", "scale_token")  # learned tokens, like timm's cls_token
-SAVED_OPTIONS = {f"recon.{k}": v for k, v in SAVED_BEFORE.items()}  # what older runs had
+# What older runs had: the head options added since, then flip augmentation and init.
+SAVED_OPTIONS = {f"recon.{k}": v for k, v in SAVED_BEFORE.items()} | {"flip": 0.0, "init": None}
+# The options that fix the head's architecture: a head given as init= must agree on them.
+ARCHITECTURE = ("dim", "depth", "num_heads", "mlp_ratio", "head_hidden", "pose_frame", "dense_head", "dpt_features")
 
 
 def _check_out(out: Path) -> bool:
@@ -82,6 +86,8 @@ def _check_options(cfg: TrainReconConfig) -> None:
         raise PixioError(
             f"min_views={cfg.min_views}: training needs sets of at least 2 views (poses are relative to view 0)"
         )
+    if not 0.0 <= cfg.flip <= 1.0:
+        raise PixioError(f"flip={cfg.flip}: give the chance of flipping a view set, in [0, 1]")
 
 
 # ---- the job --------------------------------------------------------------------------------
@@ -102,16 +108,18 @@ def _train(cfg: TrainReconConfig) -> int:
     scenes = load_scenes(cfg.data, size, geometry=True, min_views=2, limit=cfg.scenes, progress=cfg.progress)
     val_scenes = load_scenes(cfg.val, size, geometry=True, min_views=2, progress=cfg.progress) if cfg.val else []
     with run_folder(out):  # a refused run leaves no folder behind (a random encoder is drawn into it)
-        tokens, val_tokens, encoder_info = _tokens(
+        tokens, mirrored, val_tokens, encoder_info = _tokens(
             cfg, out, size, scenes, val_scenes, device, resuming=ckpt is not None
         )
-
-    torch.manual_seed(cfg.seed)
-    model = ReconModel(cfg.recon, tokens[0].shape[-1], 16).to(device)
+        torch.manual_seed(cfg.seed)
+        model = ReconModel(cfg.recon, tokens[0].shape[-1], 16)
+        if cfg.init and ckpt is None:  # a resumed run's weights come from its checkpoint
+            _init_from(model, cfg, encoder_info)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, NO_DECAY), lr=cfg.lr, betas=(0.9, 0.95))
     meta = {"train_config": to_dict(cfg), "encoder": encoder_info, "image_size": list(size), "scenes": len(scenes)}
     write_json(out / "config.json", meta)
-    steps = _Steps(cfg, model, ReconLoss(cfg.recon), scenes, tokens, val_scenes, val_tokens, device)
+    steps = _Steps(cfg, model, ReconLoss(cfg.recon), scenes, (tokens, mirrored), val_scenes, val_tokens, device)
     run = Run(
         kind="train-recon",
         run_dir=out,
@@ -141,16 +149,21 @@ class _Steps:
 
     def __init__(self, cfg: TrainReconConfig, model, loss_fn, scenes, tokens, val_scenes, val_tokens, device):
         self.cfg, self.model, self.loss_fn, self.device = cfg, model, loss_fn, device
-        self.scenes, self.tokens, self.val_scenes, self.val_tokens = scenes, tokens, val_scenes, val_tokens
+        (self.tokens, self.mirrored), self.scenes = tokens, scenes  # mirrored: None without flip
+        self.val_scenes, self.val_tokens = val_scenes, val_tokens
         views = [s.num_views for s in scenes]
         self.sampler = ViewSetSampler(views, cfg.min_views, cfg.max_views, cfg.batch_size, cfg.seed)
         self.val_sets = fixed_view_sets([s.num_views for s in val_scenes], cfg.min_views, 1, cfg.seed)[:64]
         self.gen = torch.Generator()
 
     def __call__(self, step: int) -> tuple[float, dict]:
-        x, tgt = collate(self.sampler(step), self.tokens, self.scenes)
+        sets = self.sampler(step)
         self.gen.manual_seed(self.cfg.seed * 1_000_003 + step)  # resumed runs draw the same
-        known = torch.rand(x.shape[:2], generator=self.gen) >= self.cfg.recon.intrinsics_dropout
+        known = torch.rand(len(sets), len(sets[0][1]), generator=self.gen) >= self.cfg.recon.intrinsics_dropout
+        mirror = None
+        if self.cfg.flip > 0:  # the mirrored scene is as real as the scene: twice the views to learn from
+            mirror = (torch.rand(len(sets), generator=self.gen) < self.cfg.flip).tolist()
+        x, tgt = collate(sets, self.tokens, self.scenes, self.mirrored, mirror)
         pred = self.model(x.to(self.device), tgt.K.to(self.device), known)
         loss, terms = self.loss_fn(pred, tgt.to(self.device))
         if torch.isfinite(loss):
@@ -183,8 +196,31 @@ def _tokens(cfg, out: Path, size, scenes, val_scenes, device, resuming: bool):
     cache = TokenCache(encoder, encoder_info["sha256"], size, cfg.cache_dir or default_cache_dir(), device=device)
     bar = dict(unit="scene", disable=not cfg.progress, file=sys.stderr)
     tokens = [cache.tokens(s) for s in tqdm(scenes, desc="tokens", **bar)]
+    mirrored = None
+    if cfg.flip > 0:
+        mirrored = [cache.tokens(s, mirrored=True) for s in tqdm(scenes, desc="flipped tokens", **bar)]
     val_tokens = [cache.tokens(s) for s in tqdm(val_scenes, desc="val tokens", **bar)]
-    return tokens, val_tokens, encoder_info
+    return tokens, mirrored, val_tokens, encoder_info
+
+
+def _init_from(model: ReconModel, cfg: TrainReconConfig, encoder_info: dict) -> None:
+    """Load the weights of the head named by init= (fine-tuning), after checking that it was
+    trained on this run's encoder and has this run's architecture."""
+    path = bundled_path(cfg.init) if is_bundled(cfg.init) and not Path(cfg.init).exists() else Path(cfg.init)
+    start, meta = ReconModel.load(path)
+    trained_on = (meta.get("encoder") or {}).get("sha256")
+    if trained_on != encoder_info["sha256"]:
+        raise PixioError(
+            f"init={cfg.init} was trained on another encoder (sha256 {str(trained_on)[:12]}, this run's "
+            f"{encoder_info['sha256'][:12]}): give encoder= the encoder it was trained on"
+        )
+    for key in ARCHITECTURE:
+        have, want = getattr(start.config, key), getattr(cfg.recon, key)
+        if have != want:
+            raise PixioError(
+                f"init={cfg.init} has recon.{key}={have!r}, this run recon.{key}={want!r}: give recon.{key}={have!r}"
+            )
+    model.load_state_dict(start.state_dict())
 
 
 @torch.no_grad()

@@ -102,6 +102,76 @@ def test_factored_output_reproduces_metric_points_and_poses():
     assert torch.allclose(out.depth_z(metric=True), torch.where(tgt.valid, depth.float(), 0.0), atol=1e-5)
 
 
+def _mirror_points(points: torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) points of a mirrored scene at the flipped pixels -> the original's."""
+    return points.flip(-2) * torch.tensor([-1.0, 1.0, 1.0], dtype=points.dtype)
+
+
+def test_a_flipped_image_is_the_mirrored_scene_from_the_mirrored_camera():
+    h, w = 12, 18
+    K = torch.from_numpy(intrinsics(55.0, h, w))
+    K[0, 2], K[1, 2] = 7.3, 5.1  # off-centre: cx must become w - 1 - cx
+    poses = torch.from_numpy(np.stack([_camera((0.5, 0.4, 0.6)), _camera((-0.6, 0.3, 0.5)), _camera((0.1, -0.7, 0.8))]))
+    depth = torch.rand(1, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.5
+    tgt = Targets.from_views(depth, K.expand(1, 3, 3, 3), poses[None])
+    flipped = Targets.from_views(
+        depth.flip(-1), geometry.mirror_intrinsics(K, w).expand(1, 3, 3, 3), geometry.mirror_pose(poses)[None]
+    )
+    # every pixel of the flipped views sees the mirror image of the point it saw before
+    assert torch.allclose(_mirror_points(flipped.points().double()), tgt.points().double(), atol=1e-5)
+    assert torch.allclose(_mirror_points(flipped.rays.double()), tgt.rays.double(), atol=1e-6)
+    # mirroring is an involution, and the quaternion form agrees with the matrix form
+    assert torch.allclose(geometry.mirror_pose(geometry.mirror_pose(poses)), poses)
+    assert torch.allclose(geometry.mirror_intrinsics(geometry.mirror_intrinsics(K, w), w), K)
+    R = random_rotations(50, seed=3)
+    S = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    q = geometry.matrix_to_quat(R)
+    assert torch.allclose(geometry.quat_to_matrix(geometry.mirror_quat(q)), S @ R @ S, atol=1e-12)
+
+
+def _output_of(tgt: Targets, m: float) -> ReconOutput:
+    shape = tgt.depth.shape
+    return ReconOutput(
+        rays=tgt.rays,
+        depth=tgt.depth / m,
+        conf=torch.rand(shape, generator=torch.Generator().manual_seed(4)) + 1,
+        mask_logits=torch.randn(shape, generator=torch.Generator().manual_seed(5)),
+        quat=geometry.matrix_to_quat(tgt.cam2world[..., :3, :3].double()).float(),
+        trans=tgt.cam2world[..., :3, 3] / m,
+        scale=torch.tensor([m]),
+    )
+
+
+def test_a_prediction_for_flipped_images_maps_back_and_averages():
+    """The test-time flip: the exact prediction for the mirrored scene, mirrored back, is the
+    exact prediction for the scene; averaging it with that leaves it unchanged."""
+    h, w = 10, 14
+    K = torch.from_numpy(intrinsics(50.0, h, w))
+    poses = torch.from_numpy(np.stack([_camera((0.6, 0.2, 0.5)), _camera((-0.3, 0.7, 0.6))]))
+    depth = torch.rand(1, 2, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) + 0.5
+    tgt = Targets.from_views(depth, K.expand(1, 2, 3, 3), poses[None])
+    flipped = Targets.from_views(
+        depth.flip(-1), geometry.mirror_intrinsics(K, w).expand(1, 2, 3, 3), geometry.mirror_pose(poses)[None]
+    )
+    plain, back = _output_of(tgt, 1.7), _output_of(flipped, 1.9).mirrored()
+    assert torch.allclose(back.points(metric=True), tgt.points(), atol=1e-5)
+    assert torch.allclose(back.cam2world(metric=True), tgt.cam2world, atol=1e-5)
+    assert torch.allclose(back.mirrored().mirrored().quat, back.quat)
+    both = ReconOutput.average([plain, back])
+    assert torch.allclose(both.points(metric=True), tgt.points(), atol=1e-5)
+    assert torch.allclose(both.cam2world(metric=True), tgt.cam2world, atol=1e-5)
+    assert torch.allclose(both.scale, torch.tensor([1.8]))
+    # two rotations 2 degrees either side of the truth average to it (q and -q alike)
+    turn = np.radians(2.0)
+    rz = lambda a: torch.tensor([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])  # noqa: E731
+    a, b = _output_of(tgt, 1.0), _output_of(tgt, 1.0)
+    R1 = tgt.cam2world[0, 1, :3, :3].double()
+    a.quat = geometry.matrix_to_quat(torch.stack([torch.eye(3).double(), rz(turn).double() @ R1]))[None].float()
+    b.quat = -geometry.matrix_to_quat(torch.stack([torch.eye(3).double(), rz(-turn).double() @ R1]))[None].float()
+    mean = ReconOutput.average([a, b]).cam2world()[0, 1, :3, :3].double()
+    assert np.degrees(geometry.rotation_angle(mean.T @ R1).item()) < 1e-3
+
+
 def test_mean_distance_and_log_compression():
     points = torch.tensor([[[3.0, 4.0, 0.0], [0.0, 0.0, 1.0], [9.0, 9.0, 9.0]]])
     valid = torch.tensor([[True, True, False]])

@@ -128,6 +128,66 @@ def test_loss_explosion_stops_cleanly_and_keeps_the_last_good_checkpoint(data, m
     assert [int(r["step"]) for r in csv.DictReader(open(out / "metrics.csv"))] == [5, 10, 15, 20, 25, 30]
 
 
+def test_flipped_view_sets_are_the_mirrored_scenes(data, trained):
+    """Flip augmentation: tokens of the flipped images with the mirrored scene's ground truth."""
+    import pixio_robot
+
+    scenes = load_scenes([data / "train"], 64)
+    cache = TokenCache(pixio_robot.load_encoder(trained / "encoder.safetensors"), None, (64, 64))
+    tokens, mirrored = [cache.tokens(s) for s in scenes], [cache.tokens(s, mirrored=True) for s in scenes]
+    assert torch.allclose(mirrored[0], cache.encode(scenes[0].images[:, :, ::-1].copy()))
+    sets = fixed_view_sets([4] * len(scenes), 3)
+    x, tgt = collate(sets, tokens, scenes)
+    flips = [True, False] * (len(sets) // 2)
+    xm, tgt_m = collate(sets, tokens, scenes, mirrored, flips)
+    for i, ((s, idx), flipped) in enumerate(zip(sets, flips, strict=True)):
+        assert torch.equal(xm[i], (mirrored if flipped else tokens)[s][torch.as_tensor(idx)])
+    assert not torch.allclose(xm[0], x[0])  # the encoder is not mirror-symmetric: new inputs
+    back = tgt_m.points()[0].flip(-2) * torch.tensor([-1.0, 1.0, 1.0])  # mirrored back
+    assert torch.equal(tgt_m.valid[0].flip(-1), tgt.valid[0])
+    assert torch.allclose(back[tgt.valid[0]], tgt.points()[0][tgt.valid[0]], atol=1e-4)
+    assert torch.equal(tgt_m.points()[1], tgt.points()[1])  # not flipped: unchanged
+    with pytest.raises(PixioError, match="mirrored tokens"):
+        collate(sets, tokens, scenes, None, flips)
+
+
+def test_fine_tuning_starts_from_the_given_head(data, trained, capsys):
+    out, start = data / "finetune", trained / "model.safetensors"
+    encoder = f"encoder={trained / 'encoder.safetensors'}"  # the one the head was trained on
+    # one step at a negligible rate: the weights are still those of init=
+    assert main(train_args(data, out, encoder, "steps=1", "lr=1e-12", f"init={start}", "flip=0.5")) == 0
+    a, b = ReconModel.load(out / "model.safetensors")[0], ReconModel.load(start)[0]
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+    # a head of another architecture, or a flip chance above 1: one line, no run folder
+    capsys.readouterr()
+    assert main(train_args(data, data / "bad_init", encoder, "steps=1", f"init={start}", "recon.dim=32")) == 2
+    assert "has recon.dim=64, this run recon.dim=32" in capsys.readouterr().err
+    assert main(train_args(data, data / "bad_init", "steps=1", f"init={start}")) == 2  # a new random encoder
+    assert "trained on another encoder" in capsys.readouterr().err
+    assert main(train_args(data, data / "bad_flip", "steps=1", "flip=1.5")) == 2
+    assert "flip=1.5" in capsys.readouterr().err
+    assert not (data / "bad_init").exists() and not (data / "bad_flip").exists()
+
+
+def test_test_time_flip_averages_the_prediction_for_the_flipped_images(data, trained):
+    from recon import Reconstructor
+    from recon.evaluate import evaluate_checkpoint
+    from recon.modeling_recon import ReconOutput
+
+    head = trained / "model.safetensors"
+    plain = evaluate_checkpoint(head, [data / "test"], [2], cache_dir=data / "cache")["2 views"]
+    flip = evaluate_checkpoint(head, [data / "test"], [2], cache_dir=data / "cache", flip=True)["2 views"]
+    assert np.isfinite(flip["points_rel"]) and flip["points_rel"] != plain["points_rel"]
+    rgb = sorted((data / "test" / "scene_000000" / "rgb").glob("*.png"))
+    rec = Reconstructor.from_checkpoint(head, flip=True)
+    views, _ = rec.prepare(rgb)
+    expected = ReconOutput.average(
+        [rec.predict(rec.cache.encode(views)), rec.predict(rec.cache.encode(views[:, :, ::-1].copy())).mirrored()]
+    )
+    assert np.allclose(rec(rgb).points, expected.points(metric=True)[0].numpy(), atol=1e-5)
+
+
 def test_eval_recon_reports_the_six_metrics_and_cloud_scores(data, trained, capsys):
     out = data / "eval.json"
     args = [
