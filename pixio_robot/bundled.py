@@ -43,8 +43,9 @@ BUNDLED: dict[str, Bundled] = {
     ),
     "recon_sim_vitn16_v2": Bundled(
         "recon_sim_vitn16_v2.safetensors",
-        "8ad449f9816d326d64d2fa42d83ca91086a97b367ab742b05f06040baae62ee4",
-        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps) over encoder v2 (sim_vitn16_v2)",
+        "572005778384014cc09c9888425d3b48f79474997f76028cd30f49cfc162406a",
+        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps + 4500 fine-tuning with flips) "
+        "over encoder v2 (sim_vitn16_v2)",
     ),
     "depth_sim_vitn16": Bundled(
         "depth_sim_vitn16.safetensors",
