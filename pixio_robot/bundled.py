@@ -86,6 +86,12 @@ def bundled_path(name: str) -> Path:
     return path
 
 
+def resolve_weights(spec: str | os.PathLike) -> Path:
+    """The file of a bundled name (SHA-256 checked; a file of that name in the working folder
+    wins), else `spec` as a path."""
+    return bundled_path(spec) if is_bundled(spec) and not os.path.exists(spec) else Path(spec)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

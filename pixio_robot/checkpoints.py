@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
-from .bundled import BUNDLED, bundled_path, is_bundled, sha256_file  # noqa: F401 (sha256_file: re-exported)
+from .bundled import BUNDLED, resolve_weights, sha256_file  # noqa: F401 (sha256_file: re-exported)
 from .encoder import PIXIO_SIZES, PixioViT, canonical_size, create_encoder
 from .errors import PixioError
 
@@ -51,7 +51,7 @@ def load_encoder(source: str | os.PathLike, size: str | None = None, **overrides
     """
     if isinstance(source, str) and not os.path.exists(source) and _is_size_name(source):
         return create_encoder(source, **overrides)
-    path = bundled_path(source) if is_bundled(source) and not os.path.exists(source) else Path(source)
+    path = resolve_weights(source)
     if not path.exists():
         raise PixioError(
             f"{path}: no such checkpoint: give a file (.pth, .safetensors), a transformers model "

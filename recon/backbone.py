@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pixio_robot.bundled import BUNDLED, bundled_path, is_bundled
+from pixio_robot.bundled import BUNDLED, bundled_path, resolve_weights
 from pixio_robot.checkpoints import load_encoder, save_encoder, sha256_file
 from pixio_robot.encoder import PixioViT, create_encoder
 from pixio_robot.errors import PixioError
@@ -94,7 +94,7 @@ def resolve_encoder(info: dict, checkpoint: str | os.PathLike, override: str | N
 
 def _file(spec: str) -> str:
     """The file of a bundled name (a path of that name wins), else `spec` unchanged."""
-    return str(bundled_path(spec)) if is_bundled(spec) and not os.path.exists(spec) else spec
+    return str(resolve_weights(spec))
 
 
 def _frozen(encoder: PixioViT) -> PixioViT:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pixio_robot.atomic import run_folder, write_json
-from pixio_robot.bundled import bundled_path, is_bundled
+from pixio_robot.bundled import resolve_weights
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.encoder import PixioViT
@@ -59,8 +59,7 @@ def _views(scenes, encoder, sha: str, size, device, taps: list[int], cache_dir=N
 def load_depth_model(checkpoint) -> tuple[DepthHead, PixioViT, str, tuple[int, int]]:
     """(head, its frozen encoder, the encoder's SHA-256, image size) of a train-depth run's
     model.safetensors or of a bundled head's name (e.g. depth_sim_vitn16, SHA-256 checked)."""
-    if is_bundled(checkpoint) and not os.path.exists(checkpoint):
-        checkpoint = bundled_path(checkpoint)
+    checkpoint = resolve_weights(checkpoint)
     head, meta = DepthHead.load(checkpoint)
     encoder, sha = resolve_encoder(meta["encoder"], checkpoint)
     return head, encoder, sha, size_pair(meta["image_size"])

@@ -59,7 +59,7 @@ def evaluate(
         rows = []
         for k, view_set in enumerate(tqdm(sets, desc=f"{n} views", unit="set", **bar)):
             x, tgt = collate([view_set], tokens, scenes)
-            x_flip = None if mirrored is None else collate([view_set], mirrored, scenes)[0]
+            x_flip = None if mirrored is None else mirrored[view_set[0]][torch.as_tensor(view_set[1])][None]
             out = rec.predict(x, tgt.K if intrinsics else None, x_flip)
             pred_c2w, gt_c2w = out.cam2world()[0].double().cpu().numpy(), tgt.cam2world[0].double().numpy()
             row = set_metrics(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pixio_robot.atomic import atomic_path
-from pixio_robot.bundled import bundled_path, is_bundled
+from pixio_robot.bundled import resolve_weights
 from pixio_robot.deps import open3d
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
@@ -173,8 +173,7 @@ class Reconstructor:
         returned as it is."""
         if isinstance(checkpoint, Reconstructor):
             return checkpoint
-        if is_bundled(checkpoint) and not os.path.exists(checkpoint):
-            checkpoint = bundled_path(checkpoint)  # e.g. recon_sim_vitn16, SHA-256 checked
+        checkpoint = resolve_weights(checkpoint)  # e.g. recon_sim_vitn16, SHA-256 checked
         model, meta = ReconModel.load(checkpoint)
         if "encoder" not in meta:
             raise PixioError(f"{checkpoint}: no encoder recorded: was it written by train-recon?")

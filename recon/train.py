@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pixio_robot.atomic import run_folder, write_json
-from pixio_robot.bundled import bundled_path, is_bundled
+from pixio_robot.bundled import resolve_weights
 from pixio_robot.config import to_dict
 from pixio_robot.devices import pick_device, torch_threads
 from pixio_robot.errors import PixioError
@@ -206,8 +206,7 @@ def _tokens(cfg, out: Path, size, scenes, val_scenes, device, resuming: bool):
 def _init_from(model: ReconModel, cfg: TrainReconConfig, encoder_info: dict) -> None:
     """Load the weights of the head named by init= (fine-tuning), after checking that it was
     trained on this run's encoder and has this run's architecture."""
-    path = bundled_path(cfg.init) if is_bundled(cfg.init) and not Path(cfg.init).exists() else Path(cfg.init)
-    start, meta = ReconModel.load(path)
+    start, meta = ReconModel.load(resolve_weights(cfg.init))
     trained_on = (meta.get("encoder") or {}).get("sha256")
     if trained_on != encoder_info["sha256"]:
         raise PixioError(
