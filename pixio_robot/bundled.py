@@ -43,8 +43,8 @@ BUNDLED: dict[str, Bundled] = {
     ),
     "recon_sim_vitn16_v2": Bundled(
         "recon_sim_vitn16_v2.safetensors",
-        "4d3acd45fb338aed94c526e90a38f39740af6fb463b38ae0558f8a13be734a5e",
-        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps + three fine-tuning rounds with flips) "
+        "244ab83b85d7848841913176b8c22284fa192ec920e2b4c5cf05f5697fe2ef00",
+        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps + four fine-tuning rounds with flips) "
         "over encoder v2 (sim_vitn16_v2)",
     ),
     "depth_sim_vitn16": Bundled(
