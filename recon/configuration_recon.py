@@ -13,9 +13,9 @@ from pixio_robot.errors import PixioError
 
 # Options added after heads and runs were saved, with the value those had: heads saved before
 # `pose_frame` existed predicted poses in view 0's frame, those saved before `dense_head` had
-# the per-token MLP (the DPT width is then unused). Loading a head and resuming a run both read
-# a missing option as this.
-SAVED_BEFORE = {"pose_frame": "reference", "dense_head": "mlp", "dpt_features": 64}
+# the per-token MLP (the DPT width is then unused), those before `scale_grad` trained m only.
+# Loading a head and resuming a run both read a missing option as this.
+SAVED_BEFORE = {"pose_frame": "reference", "dense_head": "mlp", "dpt_features": 64, "scale_grad": "head"}
 
 
 @dataclass
@@ -54,6 +54,11 @@ class ReconConfig:
     w_rotation: float = field(default=1.0, metadata={"help": "quaternion loss (min over +-q)"})
     w_scale: float = field(default=1.0, metadata={"help": "metric scale loss (metric data only)"})
     w_mask: float = field(default=0.1, metadata={"help": "valid-pixel mask (BCE)"})
+    # What the metric-scale loss trains. "head": only m, the size of the up-to-scale prediction
+    # detached (MapAnything's form). "both": that size too. The geometric terms are all
+    # scale-invariant, so nothing else trains the size of the up-to-scale points, yet a trained
+    # head's metres turned out to live there (its m barely varies; README, round 6).
+    scale_grad: str = field(default="head", metadata={"help": "head (m only) or both (m and the geometry's size)"})
     conf_alpha: float = field(default=0.2, metadata={"help": "alpha in conf * err - alpha * log(conf)"})
     robust_alpha: float = field(default=0.5, metadata={"help": "shape of Barron's robust loss"})
     robust_c: float = field(default=0.05, metadata={"help": "scale of Barron's robust loss"})
@@ -69,6 +74,8 @@ class ReconConfig:
             raise PixioError(f"recon.dense_head={self.dense_head!r}: choose mlp or dpt")
         if self.dpt_features < 4 or self.dpt_features % 2:
             raise PixioError(f"recon.dpt_features={self.dpt_features}: give an even width of at least 4")
+        if self.scale_grad not in ("head", "both"):
+            raise PixioError(f"recon.scale_grad={self.scale_grad!r}: choose head or both")
         if self.pose_frame not in ("reference", "shared"):
             raise PixioError(f"recon.pose_frame={self.pose_frame!r}: choose reference or shared")
         if not 0.0 <= self.intrinsics_dropout <= 1.0:

@@ -121,9 +121,10 @@ class ReconLoss(nn.Module):
         else:
             terms["translation"] = terms["rotation"] = out.trans.sum() * 0
         if tgt.metric.any():
-            # m times the (detached) size of the up-to-scale prediction should be the true size:
-            # the scale head learns the metres, the geometry is not pulled by them.
-            log_ratio = torch.log(out.scale * s_pred.detach()) - torch.log(s_gt)
+            # m times the size of the up-to-scale prediction should be the true size. Detached
+            # ("head"), the scale head alone learns the metres; "both" also trains the size.
+            size = s_pred if c.scale_grad == "both" else s_pred.detach()
+            log_ratio = torch.log(out.scale * size) - torch.log(s_gt)
             terms["scale"] = masked_mean(log_ratio.abs(), tgt.metric)
         else:
             terms["scale"] = out.scale.sum() * 0

@@ -201,3 +201,28 @@ def test_loss_backpropagates_to_every_trainable_part():
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == []
+
+
+@pytest.mark.parametrize("scale_grad", ["head", "both"])
+def test_the_scale_loss_trains_the_geometrys_size_only_when_asked(scale_grad):
+    # every other term is scale-invariant: the size of the up-to-scale geometry gets a gradient
+    # from the scale term alone, and only with scale_grad=both; m gets one either way
+    tgt = _targets()
+    out = _perfect(tgt, 1.0)
+    size = torch.tensor(1.1, requires_grad=True)  # the geometry 10 % too large, m right
+    out.depth, out.trans = out.depth * size, out.trans * size
+    out.scale = out.scale.clone().requires_grad_()
+    cfg = ReconConfig(scale_grad=scale_grad).check()
+    loss, terms = ReconLoss(cfg)(out, tgt)
+    loss.backward()
+    assert terms["scale"] == pytest.approx(np.log(1.1), rel=1e-4)
+    assert out.scale.grad.item() > 0  # a smaller m lowers the loss
+    if scale_grad == "both":
+        assert size.grad.item() > 0  # so does a smaller geometry
+    else:
+        assert size.grad.abs().item() < 1e-6
+
+
+def test_an_unknown_scale_grad_is_refused():
+    with pytest.raises(PixioError, match="recon.scale_grad='geometry': choose head or both"):
+        ReconConfig(scale_grad="geometry").check()
