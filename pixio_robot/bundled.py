@@ -43,8 +43,8 @@ BUNDLED: dict[str, Bundled] = {
     ),
     "recon_sim_vitn16_v2": Bundled(
         "recon_sim_vitn16_v2.safetensors",
-        "244ab83b85d7848841913176b8c22284fa192ec920e2b4c5cf05f5697fe2ef00",
-        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps + four fine-tuning rounds with flips) "
+        "dcb1ada3c5bcf65601be970ec248a73949e3a70123db8076f4a7a2cb9b913fc1",
+        "reconstruction head v2 (poses in a shared frame, 8000 scenes, 10000 steps + six fine-tuning rounds with flips) "
         "over encoder v2 (sim_vitn16_v2)",
     ),
     "depth_sim_vitn16": Bundled(
