@@ -57,7 +57,7 @@ class ReconConfig:
     # What the metric-scale loss trains. "head": only m, the size of the up-to-scale prediction
     # detached (MapAnything's form). "both": that size too. The geometric terms are all
     # scale-invariant, so nothing else trains the size of the up-to-scale points, yet a trained
-    # head's metres turned out to live there (its m barely varies; README, round 6).
+    # head's metres turned out to live there (its m barely varies; README, "Where the metres come from").
     scale_grad: str = field(default="head", metadata={"help": "head (m only) or both (m and the geometry's size)"})
     conf_alpha: float = field(default=0.2, metadata={"help": "alpha in conf * err - alpha * log(conf)"})
     robust_alpha: float = field(default=0.5, metadata={"help": "shape of Barron's robust loss"})
