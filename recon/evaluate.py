@@ -77,14 +77,16 @@ def evaluate(
             rng = np.random.default_rng([seed, n, k])
             pred = out.points(metric=True)[0][out.mask_logits[0] > 0].double().cpu().numpy()
             gt = tgt.points()[0][tgt.valid[0]].double().numpy()
-            row |= cloud_metrics(_sample(pred, max_points, rng), _sample(gt, max_points, rng), fscore_threshold)
+            pred, gt = sample_points(pred, max_points, rng), sample_points(gt, max_points, rng)
+            row |= cloud_metrics(pred, gt, fscore_threshold)
             rows.append(row)
         used = len({view_set[0] for view_set in sets})
         results[f"{n} views"] = average(rows) | {"sets": len(rows), "scenes": used}
     return results
 
 
-def _sample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_points(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most n of the (N, 3) points, drawn without replacement (the clouds eval-recon scores)."""
     return points if len(points) <= n else points[rng.choice(len(points), n, replace=False)]
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from recon.data import load_scenes
+from recon.evaluate import sample_points
 from recon.infer import Reconstructor
 from recon.metrics import cloud_metrics, pose_auc, relative_pose_errors, set_metrics
 from recon.sampling import collate, fixed_view_sets
@@ -31,10 +32,6 @@ from recon.sampling import collate, fixed_view_sets
 def place(cam_points: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """(V, H, W, 3) camera-frame points -> world points under (V, 4, 4) camera-to-world poses."""
     return np.einsum("vij,vhwj->vhwi", c2w[:, :3, :3], cam_points) + c2w[:, None, None, :3, 3]
-
-
-def sample(points: np.ndarray, rng: np.random.Generator, n: int = 20000) -> np.ndarray:
-    return points if len(points) <= n else points[rng.choice(len(points), n, replace=False)]
 
 
 def main() -> None:
@@ -82,7 +79,7 @@ def main() -> None:
             # the cloud eval-recon scores (same sampling), then rescaled to the true mean distance
             rng = np.random.default_rng([0, n, k])
             cloud = (own * m)[out.mask_logits[0].numpy() > 0]
-            cloud, truth = sample(cloud, rng), sample(true_pts[valid], rng)
+            cloud, truth = sample_points(cloud, 20000, rng), sample_points(true_pts[valid], 20000, rng)
             size, true_size = (
                 np.linalg.norm(own[valid], axis=-1).mean(),
                 np.linalg.norm(true_pts[valid], axis=-1).mean(),
