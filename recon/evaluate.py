@@ -29,7 +29,7 @@ from pixio_robot.errors import PixioError
 from .commands import EvalReconConfig
 from .data import SceneData, load_scenes
 from .infer import Reconstructor
-from .metrics import average, cloud_metrics, format_table, pose_extras, set_metrics
+from .metrics import average, cloud_metrics, format_table, pose_extras, set_metrics, standard_error
 from .sampling import collate, fixed_view_sets
 from .tokens import default_cache_dir
 
@@ -46,7 +46,8 @@ def evaluate(
     max_points: int = 20000,
     progress: bool = False,
 ) -> dict[str, dict]:
-    """{"<n> views": {metric: mean, ..., "sets": count}} for each n in `views`."""
+    """{"<n> views": {metric: mean, ..., "sets": count, "scenes": count, "stderr": {metric: standard
+    error of the mean over sets}}} for each n in `views`."""
     bar = dict(disable=not progress, file=sys.stderr)
     tokens = [rec.cache.tokens(s) for s in tqdm(scenes, desc="tokens", unit="scene", **bar)]
     mirrored = [rec.cache.tokens(s, mirrored=True) for s in scenes] if rec.flip else None
@@ -81,8 +82,16 @@ def evaluate(
             row |= cloud_metrics(pred, gt, fscore_threshold)
             rows.append(row)
         used = len({view_set[0] for view_set in sets})
-        results[f"{n} views"] = average(rows) | {"sets": len(rows), "scenes": used}
+        results[f"{n} views"] = average(rows) | {"sets": len(rows), "scenes": used, "stderr": standard_error(rows)}
     return results
+
+
+def _finite(row: dict) -> dict:
+    """JSON has no NaN: undefined metrics (and standard errors) become null."""
+    return {
+        m: _finite(v) if isinstance(v, dict) else (v if not isinstance(v, float) or math.isfinite(v) else None)
+        for m, v in row.items()
+    }
 
 
 def sample_points(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -112,7 +121,7 @@ def evaluate_checkpoint(
     (capture folders, folders of scene folders or scene folders, with depth and poses).
 
     Returns {"<n> views": {"scale_rel", "points_rel", "points_tau", "pose_auc5", "depth_rel",
-    "depth_tau", "chamfer", "fscore", "sets", "scenes"}} for each n in `views` that some scene
+    "depth_tau", "chamfer", "fscore", "sets", "scenes", "stderr"}} for each n in `views` that some scene
     has; `cache_dir` keeps the scenes' tokens on disk (None: computed in memory); `flip`:
     test-time flip (a given `Reconstructor` keeps its own setting)."""
     if not views or min(views) < 1:
@@ -149,11 +158,10 @@ def run_eval(cfg: EvalReconConfig) -> int:
         flip=cfg.flip,
     )
     print(format_table(results))
+    print("standard error of each mean over the sets:")
+    print(format_table({name: r["stderr"] for name, r in results.items()}))
     if cfg.out:
-        clean = {
-            k: {m: (v if not isinstance(v, float) or math.isfinite(v) else None) for m, v in r.items()}
-            for k, r in results.items()
-        }
+        clean = {k: _finite(r) for k, r in results.items()}
         write_json(cfg.out, {"options": to_dict(cfg), "results": clean})
         print(f"wrote {cfg.out}")
     return 0

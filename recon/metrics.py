@@ -229,6 +229,18 @@ def average(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def standard_error(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Standard error of each metric's mean over sets (NaN below two defined sets): a set of 60
+    scenes pins a mean F-score only to a few points, so every result carries it."""
+    keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in rows)]
+    out = {}
+    for k in keys:
+        values = np.array([r.get(k, math.nan) for r in rows], np.float64)
+        values = values[np.isfinite(values)]
+        out[k] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return out
+
+
 def format_table(results: dict[str, dict[str, float]], title: str = "views") -> str:
     """Rows per setting (e.g. '2 views'), columns the metrics, as a Markdown table."""
     keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in results.values())]

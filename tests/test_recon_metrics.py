@@ -190,6 +190,15 @@ def test_average_skips_undefined_values_and_table_prints():
     assert "Scale rel" in table and "| 2 views | 0.200 | 50.0 |" in table
 
 
+def test_standard_error_is_the_spread_of_the_mean_over_sets():
+    from recon.metrics import standard_error
+
+    rows = [{"fscore": 30.0, "pose_auc5": math.nan}, {"fscore": 50.0, "pose_auc5": 40.0}, {"fscore": 40.0}]
+    se = standard_error(rows)
+    assert se["fscore"] == pytest.approx(10.0 / math.sqrt(3))  # sample s.d. 10 over 3 sets
+    assert math.isnan(se["pose_auc5"])  # one defined set: no spread to estimate
+
+
 def test_monocular_depth_metrics_by_hand():
     """Two valid pixels (gt 1 and 2 m, predicted 1.25 and 1.5 m), one invalid (gt 0)."""
     from recon.metrics import DEPTH_METRICS, depth_metrics

@@ -228,6 +228,9 @@ def test_eval_recon_reports_the_six_metrics_and_cloud_scores(data, trained, caps
         ):
             assert row[key] is not None and np.isfinite(row[key]), key
         assert 0 <= row["points_tau"] <= 100 and 0 <= row["pose_auc5"] <= 100 and row["chamfer"] > 0
+    # 4 sets at 2 views: every metric's mean comes with its standard error over the sets
+    assert results["2 views"]["stderr"]["fscore"] is not None and results["2 views"]["stderr"]["fscore"] >= 0
+    assert "standard error" in printed
     before = out.read_text()
     assert main(args) == 2  # exists: needs overwrite=true
     assert out.read_text() == before
