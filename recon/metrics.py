@@ -221,24 +221,23 @@ def cloud_metrics(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.01) -> 
 
 def average(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over sets, ignoring sets where it is undefined (NaN)."""
-    keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in rows)]
-    out = {}
-    for k in keys:
-        values = np.array([r.get(k, math.nan) for r in rows], np.float64)
-        out[k] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-    return out
+    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in _columns(rows).items()}
 
 
 def standard_error(rows: list[dict[str, float]]) -> dict[str, float]:
     """Standard error of each metric's mean over sets (NaN below two defined sets): a set of 60
     scenes pins a mean F-score only to a few points, so every result carries it."""
-    keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in rows)]
     out = {}
-    for k in keys:
-        values = np.array([r.get(k, math.nan) for r in rows], np.float64)
+    for k, values in _columns(rows).items():
         values = values[np.isfinite(values)]
         out[k] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
     return out
+
+
+def _columns(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    """Each metric some set has, as one value per set (NaN where a set lacks it)."""
+    keys = [k for k in (*METRICS, *POSE_EXTRAS, *CLOUD_METRICS) if any(k in r for r in rows)]
+    return {k: np.array([r.get(k, math.nan) for r in rows], np.float64) for k in keys}
 
 
 def format_table(results: dict[str, dict[str, float]], title: str = "views") -> str:
