@@ -204,7 +204,7 @@ def _reconstruct(cfg: DemoConfig, out: Path, done: dict) -> dict:
     title = f"{scene.num_views} views of a {SCENE_TASK} scene, reconstructed from the images alone"
     write_bytes(folder / "scene.png", cloud_snapshot(cloud, colors, result.cam2world, title))
     metrics = evaluate(rec, [scene], views=[scene.num_views])[f"{scene.num_views} views"]
-    metrics = {"views": scene.num_views} | {k: v for k, v in metrics.items() if k not in ("sets", "stderr")}
+    metrics = {"views": scene.num_views} | {k: v for k, v in metrics.items() if k not in ("sets", "stderr", "per_set")}
     write_json(folder / "metrics.json", metrics)
     return {
         "ply": str(folder / "scene.ply"),

@@ -82,7 +82,9 @@ class EvalReconConfig(HeadEvalConfig):
     intrinsics: bool = field(default=False, metadata={"help": "give the head the true intrinsics"})
     flip: bool = field(default=False, metadata={"help": "test-time flip: average with the flipped images' prediction"})
     fscore_threshold: float = field(default=0.01, metadata={"help": "F-score distance threshold (m)"})
-    max_points: int = field(default=20000, metadata={"help": "points per cloud for Chamfer/F-score (sampled)"})
+    max_points: int | None = field(
+        default=None, metadata={"help": "sample each cloud to this many points for Chamfer/F-score (null: all)"}
+    )
     encoder: str | None = field(default=None, metadata={"help": "override the encoder recorded in the head"})
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from recon.data import load_scenes
-from recon.evaluate import sample_points
 from recon.infer import Reconstructor
 from recon.metrics import cloud_metrics, pose_auc, relative_pose_errors, set_metrics
 from recon.sampling import collate, fixed_view_sets
@@ -51,7 +50,7 @@ def main() -> None:
     for n in args.views:
         rot, trans, rows = [], [], {"own": [], "true_poses": [], "true_camera_points": []}
         fscore, log_m, log_size, log_true = [], [], [], []
-        for k, view_set in enumerate(fixed_view_sets([s.num_views for s in scenes], n, 1, 0)):
+        for view_set in fixed_view_sets([s.num_views for s in scenes], n, 1, 0):
             x, tgt = collate([view_set], tokens, scenes)
             x_flip = None if mirrored is None else mirrored[view_set[0]][torch.as_tensor(view_set[1])][None]
             with torch.no_grad():
@@ -76,10 +75,8 @@ def main() -> None:
             rows["true_camera_points"].append(
                 set_metrics(with_true_points, true_cam, 1.0, metric_c2w, true_pts, true_cam, true_c2w, valid)
             )
-            # the cloud eval-recon scores (same sampling), then rescaled to the true mean distance
-            rng = np.random.default_rng([0, n, k])
-            cloud = (own * m)[out.mask_logits[0].numpy() > 0]
-            cloud, truth = sample_points(cloud, 20000, rng), sample_points(true_pts[valid], 20000, rng)
+            # the cloud eval-recon scores (every point, its default), then rescaled to the true mean distance
+            cloud, truth = (own * m)[out.mask_logits[0].numpy() > 0], true_pts[valid]
             size, true_size = (
                 np.linalg.norm(own[valid], axis=-1).mean(),
                 np.linalg.norm(true_pts[valid], axis=-1).mean(),

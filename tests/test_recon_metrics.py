@@ -182,6 +182,21 @@ def test_chamfer_and_fscore_of_shifted_clouds():
     assert got["fscore"] == pytest.approx(100 * 2 / 3)
 
 
+def test_a_perfect_cloud_scores_100_only_unsampled():
+    """eval-recon scores every point by default: two independently sampled copies of the same
+    cloud lose each other's points (here 1.5 cm apart, beyond the 1 cm threshold)."""
+    from recon.commands import EvalReconConfig
+    from recon.evaluate import sample_points
+
+    grid = np.stack(np.meshgrid(*[np.arange(20) * 0.015] * 3, indexing="ij"), -1).reshape(-1, 3)
+    rng = np.random.default_rng(0)
+    assert EvalReconConfig().max_points is None
+    every = cloud_metrics(sample_points(grid, None, rng), sample_points(grid, None, rng))
+    assert every["fscore"] == 100.0 and every["chamfer"] == 0.0
+    capped = cloud_metrics(sample_points(grid, 6000, rng), sample_points(grid, 6000, rng))
+    assert capped["fscore"] == pytest.approx(75.0, abs=3.0)  # a point's twin is kept 6000/8000 of the time
+
+
 def test_average_skips_undefined_values_and_table_prints():
     rows = [{"scale_rel": 0.1, "pose_auc5": math.nan}, {"scale_rel": 0.3, "pose_auc5": 50.0}]
     avg = average(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,9 +232,15 @@ def test_eval_recon_reports_the_six_metrics_and_cloud_scores(data, trained, caps
     # 4 sets at 2 views: every metric's mean comes with its standard error over the sets
     assert results["2 views"]["stderr"]["fscore"] is not None and results["2 views"]["stderr"]["fscore"] >= 0
     assert "standard error" in printed
+    # each set's own row, to pair two runs set by set: its scene and views, and the metrics averaged
+    per_set = results["2 views"]["per_set"]
+    assert len(per_set) == 4 and all(len(r["views"]) == 2 and Path(r["scene"]).is_dir() for r in per_set)
+    assert np.mean([r["fscore"] for r in per_set]) == pytest.approx(results["2 views"]["fscore"])
     before = out.read_text()
     assert main(args) == 2  # exists: needs overwrite=true
     assert out.read_text() == before
+    assert main([*args, "overwrite=true", "max_points=0"]) == 2
+    assert "max_points=0: give a positive number" in capsys.readouterr().err and out.read_text() == before
 
 
 def test_recon_writes_a_ply_and_a_recording(data, trained, tmp_path, capsys):
