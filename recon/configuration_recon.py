@@ -13,9 +13,16 @@ from pixio_robot.errors import PixioError
 
 # Options added after heads and runs were saved, with the value those had: heads saved before
 # `pose_frame` existed predicted poses in view 0's frame, those saved before `dense_head` had
-# the per-token MLP (the DPT width is then unused), those before `scale_grad` trained m only.
+# the per-token MLP (the DPT width is then unused), those before `scale_grad` trained m only,
+# those before `assumed_fovy` hid any view's intrinsics.
 # Loading a head and resuming a run both read a missing option as this.
-SAVED_BEFORE = {"pose_frame": "reference", "dense_head": "mlp", "dpt_features": 64, "scale_grad": "head"}
+SAVED_BEFORE = {
+    "pose_frame": "reference",
+    "dense_head": "mlp",
+    "dpt_features": 64,
+    "scale_grad": "head",
+    "assumed_fovy": None,
+}
 
 
 @dataclass
@@ -44,6 +51,14 @@ class ReconConfig:
     # Known intrinsics enter as the pixel rays they imply, patchified and added to the tokens.
     # Training drops them with this probability so one model serves both cases.
     intrinsics_dropout: float = field(default=0.5, metadata={"help": "chance of hiding known intrinsics per view"})
+    # Without intrinsics an image of an unfamiliar camera is ambiguous (a wider lens or a closer
+    # scene), and a head that must guess any camera's rays from pixels loses the metric scale of
+    # the one it was mostly trained on (README, "Other cameras"). With this set, training hides
+    # the intrinsics only of views of this vertical field of view: given none, the head assumes
+    # that camera; other cameras are told by their intrinsics.
+    assumed_fovy: float | None = field(
+        default=None, metadata={"help": "fovy (deg) assumed when K is not given; null: infer any camera"}
+    )
 
     # Loss (docs/DESIGN.md section 5): weights of the factored terms, robust loss shape, confidence.
     w_points: float = field(default=1.0, metadata={"help": "confidence-weighted world-point loss"})
@@ -80,6 +95,8 @@ class ReconConfig:
             raise PixioError(f"recon.pose_frame={self.pose_frame!r}: choose reference or shared")
         if not 0.0 <= self.intrinsics_dropout <= 1.0:
             raise PixioError(f"recon.intrinsics_dropout={self.intrinsics_dropout}: give a probability in [0, 1]")
+        if self.assumed_fovy is not None and not 0 < self.assumed_fovy < 180:
+            raise PixioError(f"recon.assumed_fovy={self.assumed_fovy}: give a field of view in degrees (0-180) or null")
         if self.robust_alpha <= 0 or self.robust_alpha == 2 or self.robust_c <= 0:
             raise PixioError("recon.robust_alpha must be > 0 and != 2, recon.robust_c > 0")
         return self

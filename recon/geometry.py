@@ -155,6 +155,11 @@ def rays_from_intrinsics(K: torch.Tensor, height: int, width: int) -> torch.Tens
     return F.normalize(dirs, dim=-1)
 
 
+def fovy_deg(K: torch.Tensor, height: int) -> torch.Tensor:
+    """Vertical field of view (degrees) of intrinsics (..., 3, 3) for images `height` pixels high."""
+    return torch.rad2deg(2 * torch.atan(0.5 * height / K[..., 1, 1]))
+
+
 def intrinsics_from_rays(rays: torch.Tensor) -> torch.Tensor:
     """Pinhole intrinsics (..., 3, 3) that best explain ray directions (..., H, W, 3).
 

@@ -179,3 +179,9 @@ def test_mean_distance_and_log_compression():
     x = torch.tensor([[3.0, 4.0, 0.0]])
     assert torch.allclose(geometry.log_compress(x), x / 5 * np.log(6.0))
     assert torch.equal(geometry.log_compress(torch.zeros(1, 3)), torch.zeros(1, 3))
+
+
+def test_field_of_view_of_rendered_cameras():
+    for fovy in (40.0, 50.0, 75.0):
+        K = torch.from_numpy(intrinsics(fovy, 96, 128))
+        assert abs(geometry.fovy_deg(K, 96).item() - fovy) < 1e-9
