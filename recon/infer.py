@@ -197,11 +197,17 @@ class Reconstructor:
             tokens, K = tokens[None], None if K is None else torch.as_tensor(K)[None]
             mirrored = None if mirrored is None else mirrored[None]
         K = None if K is None else torch.as_tensor(K).to(self.device)
-        out = self.model(tokens.to(self.device), K)
+        tell = None
+        if K is not None and self.model.config.assumed_fovy is not None:
+            # The camera the head assumes was learnt untold half the time and is the only one its
+            # untold path serves, so it does better there than the told path that serves every
+            # camera (README, the assumed camera): its views keep only their given rays.
+            tell = ~self.model.assumed_camera(K, tokens.shape[-3] * self.model.patch_size)
+        out = self.model(tokens.to(self.device), K, tell=tell)
         if mirrored is None:
             return out
         K_flip = None if K is None else mirror_intrinsics(K, tokens.shape[-2] * self.model.patch_size)
-        return ReconOutput.average([out, self.model(mirrored.to(self.device), K_flip).mirrored()])
+        return ReconOutput.average([out, self.model(mirrored.to(self.device), K_flip, tell=tell).mirrored()])
 
     def prepare(
         self, images: Sequence[np.ndarray | str | os.PathLike], intrinsics: np.ndarray | None = None

@@ -166,11 +166,25 @@ class ReconModel(nn.Module):
         self.pose_head.fc2.bias[6] = 1.0  # quaternion w
         self.scale_head.fc2.weight.mul_(0.1)
 
+    def assumed_camera(self, K: torch.Tensor, height: int) -> torch.Tensor:
+        """(B, V) bool: which views' intrinsics K (B, V, 3, 3), for images `height` pixels high,
+        are those of the camera the head assumes when told none (`recon.assumed_fovy`, to half a
+        degree; every view when it is null). Training hides only these views' intrinsics."""
+        if self.config.assumed_fovy is None:
+            return torch.ones(K.shape[:-2], dtype=torch.bool, device=K.device)
+        return (geometry.fovy_deg(K.double(), height) - self.config.assumed_fovy).abs() < 0.5
+
     def forward(
-        self, tokens: torch.Tensor, intrinsics: torch.Tensor | None = None, known: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        intrinsics: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        tell: torch.Tensor | None = None,
     ) -> ReconOutput:
         """tokens (B, V, h, w, D_enc); intrinsics (B, V, 3, 3) in pixels of the h*p x w*p image,
-        optional; known (B, V) bool: which views' intrinsics to use (default all given)."""
+        optional; known (B, V) bool: which views' intrinsics to use (default all given); tell
+        (B, V) bool: which of those the trunk is told (default all of them; the others only
+        have their predicted rays replaced)."""
         if tokens.ndim != 5 or tokens.shape[-1] != self.encoder_dim:
             raise PixioError(
                 f"expected Pixio tokens (B, V, h, w, {self.encoder_dim}), got {tuple(tokens.shape)}: "
@@ -188,6 +202,8 @@ class ReconModel(nn.Module):
             patches = known_rays.unflatten(2, (h, p)).unflatten(4, (w, p))  # (B, V, h, p, w, p, 3)
             patches = patches.permute(0, 1, 2, 4, 3, 5, 6).flatten(-3)  # (B, V, h, w, p*p*3)
             use = torch.ones(b, v, dtype=torch.bool, device=x.device) if known is None else known.to(x.device)
+            if tell is not None:
+                use = use & tell.to(x.device)
             x = x + self.ray_embed(patches) * use[:, :, None, None, None]
         x = x.flatten(2, 3)  # (B, V, N, d)
         x = torch.cat([x[:, :1] + self.reference, x[:, 1:]], dim=1)

@@ -40,7 +40,6 @@ from pixio_robot.harness import (
     resume_checkpoint,
 )
 
-from . import geometry
 from .backbone import prepare_encoder
 from .commands import TrainReconConfig
 from .configuration_recon import SAVED_BEFORE
@@ -165,7 +164,7 @@ class _Steps:
         if self.cfg.flip > 0:  # the mirrored scene is as real as the scene: twice the views to learn from
             mirror = (torch.rand(len(sets), generator=self.gen) < self.cfg.flip).tolist()
         x, tgt = collate(sets, self.tokens, self.scenes, self.mirrored, mirror)
-        known |= ~assumed_camera(tgt.K, x.shape[2] * self.model.patch_size, self.cfg.recon.assumed_fovy)
+        known |= ~self.model.assumed_camera(tgt.K, x.shape[2] * self.model.patch_size)
         pred = self.model(x.to(self.device), tgt.K.to(self.device), known)
         loss, terms = self.loss_fn(pred, tgt.to(self.device))
         if torch.isfinite(loss):
@@ -183,14 +182,6 @@ class _Steps:
                 self.model, self.loss_fn, self.val_sets, self.val_tokens, self.val_scenes, self.device
             )
         }
-
-
-def assumed_camera(K: torch.Tensor, height: int, fovy: float | None) -> torch.Tensor:
-    """(B, V) bool: which views' intrinsics training may hide, those of the camera the head is
-    to assume without them (recon.assumed_fovy; every view when it is null)."""
-    if fovy is None:
-        return torch.ones(K.shape[:-2], dtype=torch.bool)
-    return (geometry.fovy_deg(K.double(), height) - fovy).abs() < 0.5
 
 
 def _tokens(cfg, out: Path, size, scenes, val_scenes, device, resuming: bool):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,27 @@ def test_known_intrinsics_enter_the_tokens_and_fix_the_rays(model):
     assert not torch.allclose(out.depth, model(tokens).depth)  # the ray embedding changes the tokens
     partly = model(tokens, K, known=torch.tensor([[True, False]]))
     assert torch.allclose(partly.rays[:, 0], out.rays[:, 0]) and not torch.allclose(partly.rays[:, 1], out.rays[:, 1])
+
+
+def test_the_assumed_cameras_intrinsics_only_replace_its_rays(model):
+    from recon.infer import Reconstructor
+
+    head = ReconModel(dataclasses.replace(TINY, assumed_fovy=50.0), encoder_dim=24).eval()
+    head.load_state_dict(model.state_dict())
+    rec = Reconstructor(head, cache=None, image_size=(32, 48))
+    tokens = torch.randn(1, 2, 2, 3, 24)
+    K = torch.from_numpy(np.stack([intrinsics(50.0, 32, 48), intrinsics(60.0, 32, 48)])).float()[None]
+    assert head.assumed_camera(K, 32).tolist() == [[True, False]]
+    out = rec.predict(tokens, K)
+    # both views take their given rays...
+    assert torch.allclose(out.rays, geometry.rays_from_intrinsics(K.double(), 32, 48).float(), atol=1e-6)
+    # ...but only the fovy-60 view is told them: the output is the head's with view 0 untold
+    untold = head(tokens, K, known=torch.tensor([[False, True]]))
+    assert torch.allclose(out.depth, untold.depth, atol=1e-6) and torch.allclose(out.scale, untold.scale)
+    assert not torch.allclose(out.depth, head(tokens, K).depth)
+    # a head without an assumed camera is told every view's intrinsics
+    told = Reconstructor(model, cache=None, image_size=(32, 48)).predict(tokens, K)
+    assert torch.allclose(told.depth, model(tokens, K).depth)
 
 
 def test_save_and_load_round_trip(model, tmp_path):

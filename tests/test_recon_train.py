@@ -476,7 +476,7 @@ def test_a_head_with_the_dpt_dense_head_trains_from_the_command_line(data, train
 
 def test_only_the_assumed_cameras_intrinsics_may_be_hidden():
     K = torch.from_numpy(np.stack([intrinsics(50.0, 64, 64), intrinsics(60.0, 64, 64)]))[None]  # (1, 2, 3, 3)
-    assert recon.train.assumed_camera(K, 64, 50.0).tolist() == [[True, False]]
-    assert recon.train.assumed_camera(K, 64, None).tolist() == [[True, True]]
+    assert ReconModel(ReconConfig(assumed_fovy=50.0), 8).assumed_camera(K, 64).tolist() == [[True, False]]
+    assert ReconModel(ReconConfig(), 8).assumed_camera(K, 64).tolist() == [[True, True]]
     with pytest.raises(PixioError, match="recon.assumed_fovy=200"):
         ReconConfig(assumed_fovy=200).check()
