@@ -7,7 +7,8 @@
 
 Points and cameras are in view 0's camera frame (OpenCV axes), in metres (the head's metric
 scale applied). Every view is resized to the head's training resolution; known intrinsics (in
-pixels of the given images) are resized with them and replace the predicted rays.
+pixels of the given images) are resized with them and replace the predicted rays; they also
+enter the head's tokens, except for views of the camera it assumes (`recon.assumed_fovy`).
 """
 
 from __future__ import annotations
