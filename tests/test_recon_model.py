@@ -12,6 +12,7 @@ from envs.cameras import intrinsics, look_at
 from pixio_robot.errors import PixioError
 from recon import geometry
 from recon.configuration_recon import ReconConfig
+from recon.infer import Reconstructor
 from recon.losses import ReconLoss, Targets, robust
 from recon.modeling_recon import ReconModel, ReconOutput
 
@@ -86,8 +87,6 @@ def test_known_intrinsics_enter_the_tokens_and_fix_the_rays(model):
 
 
 def test_the_assumed_cameras_intrinsics_only_replace_its_rays(model):
-    from recon.infer import Reconstructor
-
     head = ReconModel(dataclasses.replace(TINY, assumed_fovy=50.0), encoder_dim=24).eval()
     head.load_state_dict(model.state_dict())
     rec = Reconstructor(head, cache=None, image_size=(32, 48))
