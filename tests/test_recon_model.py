@@ -86,6 +86,14 @@ def test_known_intrinsics_enter_the_tokens_and_fix_the_rays(model):
     assert torch.allclose(partly.rays[:, 0], out.rays[:, 0]) and not torch.allclose(partly.rays[:, 1], out.rays[:, 1])
 
 
+def test_only_the_assumed_cameras_intrinsics_may_be_hidden():
+    K = torch.from_numpy(np.stack([intrinsics(50.0, 64, 64), intrinsics(60.0, 64, 64)]))[None]  # (1, 2, 3, 3)
+    assert ReconModel(ReconConfig(assumed_fovy=50.0), 8).assumed_camera(K, 64).tolist() == [[True, False]]
+    assert ReconModel(ReconConfig(), 8).assumed_camera(K, 64).tolist() == [[True, True]]
+    with pytest.raises(PixioError, match="recon.assumed_fovy=200"):
+        ReconConfig(assumed_fovy=200).check()
+
+
 def test_the_assumed_cameras_intrinsics_only_replace_its_rays(model):
     head = ReconModel(dataclasses.replace(TINY, assumed_fovy=50.0), encoder_dim=24).eval()
     head.load_state_dict(model.state_dict())

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import recon.train
-from envs.cameras import intrinsics
 from pixio_robot.cli import main
 from pixio_robot.errors import PixioError
 from pixio_robot.harness import load_checkpoint
@@ -402,7 +401,6 @@ def test_the_pose_path_learns_two_scenes_until_it_overfits_them(data, trained):
     import itertools
 
     import pixio_robot
-    from recon.configuration_recon import ReconConfig
     from recon.metrics import pose_auc, relative_pose_errors
 
     scenes = load_scenes([data / "train"], 64, geometry=True)[:2]
@@ -472,11 +470,3 @@ def test_a_head_with_the_dpt_dense_head_trains_from_the_command_line(data, train
     untrained = ReconModel(model.config, model.encoder_dim)
     before, after = fixed_loss(untrained, data, out), fixed_loss(model, data, out)
     assert after < 0.8 * before, (before, after)  # as the MLP head in test_training_lowers_the_loss
-
-
-def test_only_the_assumed_cameras_intrinsics_may_be_hidden():
-    K = torch.from_numpy(np.stack([intrinsics(50.0, 64, 64), intrinsics(60.0, 64, 64)]))[None]  # (1, 2, 3, 3)
-    assert ReconModel(ReconConfig(assumed_fovy=50.0), 8).assumed_camera(K, 64).tolist() == [[True, False]]
-    assert ReconModel(ReconConfig(), 8).assumed_camera(K, 64).tolist() == [[True, True]]
-    with pytest.raises(PixioError, match="recon.assumed_fovy=200"):
-        ReconConfig(assumed_fovy=200).check()
