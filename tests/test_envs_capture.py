@@ -112,3 +112,14 @@ def test_capture_refuses_an_azimuth_span_outside_0_360(tmp_path, capsys):
     out = tmp_path / "arc"
     assert main([*CAPTURE, "scenes=1", "azimuth_span=0", f"out={out}"]) == 2
     assert "azimuth_span=0" in capsys.readouterr().err and not out.exists()
+
+
+def test_random_lighting_captures_the_same_scenes_in_another_light(capture_dir, tmp_path):
+    # The depth section's lighting test pairs each lit view with the standard one of the same seed.
+    lit = tmp_path / "lit"
+    assert main([*CAPTURE, "scenes=2", "random_lighting=true", f"out={lit}"]) == 0
+    for plain_folder, lit_folder in zip(scene_folders(capture_dir), scene_folders(lit), strict=True):
+        plain, lit_scene = load_scene(plain_folder), load_scene(lit_folder)
+        for a, b in zip(plain.views, lit_scene.views, strict=True):
+            assert np.array_equal(a.depth, b.depth) and np.array_equal(a.cam2world, b.cam2world)
+            assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).mean() > 1  # the light differs
