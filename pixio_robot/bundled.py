@@ -44,8 +44,8 @@ BUNDLED: dict[str, Bundled] = {
     "recon_sim_vitn16_v2": Bundled(
         "recon_sim_vitn16_v2.safetensors",
         "af76c77ee1fac42dff4804b317455a4e8368635eb2b91caa134a950e8e552f3c",
-        "reconstruction head v2 (poses in a shared frame, 10000 steps + ten fine-tuning rounds with flips, the last four "
-        "also on other cameras, assuming fovy 50 when told no intrinsics) over encoder v2 (sim_vitn16_v2)",
+        "reconstruction head v2 (poses in a shared frame, 10000 steps + ten fine-tuning rounds with flips, the last "
+        "four also on other cameras, assuming fovy 50 when told no intrinsics) over encoder v2 (sim_vitn16_v2)",
     ),
     "depth_sim_vitn16": Bundled(
         "depth_sim_vitn16.safetensors",

@@ -116,7 +116,10 @@ class ProbeConfig:
     image_size: int | None = field(default=None, metadata={"help": "image side (default: the encoder's)"})
     seed: int = field(default=200_000, metadata={"help": "first scene seed (disjoint from collection/evaluation)"})
     block: int = field(default=-1, metadata={"help": "block whose patch tokens are read (0-based; -1: the last)"})
-    random_seed: int = field(default=0, metadata={"help": "seed of the random-initialised comparison encoder"})
+    random_seed: int = field(default=0, metadata={"help": "seed of the first random-initialised comparison encoder"})
+    random_inits: int = field(
+        default=5, metadata={"help": "random-initialised encoders (seeds random_seed, +1, ...) averaged"}
+    )
     compare_random: bool = field(default=True, metadata={"help": "also probe the same architecture, random"})
     out: str | None = field(default=None, metadata={"help": "JSON file for the result"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})

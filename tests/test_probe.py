@@ -39,6 +39,28 @@ def test_probe_command_on_a_tiny_encoder(tmp_path, capsys):
     assert result["block"] == 5 and result["blocks"] == 6 and "block 5 (the last)" in printed
 
 
+def test_the_random_baseline_is_the_mean_over_its_inits(tmp_path, capsys):
+    # random_inits=2 averages the errors of the random encoders seeded 0 and 1, each of which is
+    # what a single-init probe with that random_seed reports
+    args = ["probe", "encoder=vitn16", "env=reach", "scenes=24", "image_size=32", "progress=false"]
+    single = []
+    for seed in (0, 1):
+        out = tmp_path / f"r{seed}.json"
+        assert main([*args, "random_inits=1", f"random_seed={seed}", f"out={out}"]) == 0
+        single.append(json.loads(out.read_text()))
+    capsys.readouterr()
+    out = tmp_path / "both.json"
+    assert main([*args, "random_inits=2", f"out={out}"]) == 0
+    assert "(mean of 2 inits)" in capsys.readouterr().out
+    both = json.loads(out.read_text())
+    assert both["random_seeds"] == [0, 1]
+    for kind in ("patches", "global"):
+        each = [r["rmse_cm"][f"random {kind}"] for r in single]
+        assert each[0] != each[1]  # two inits, two different baselines
+        assert both["random_rmse_cm_per_init"][kind] == pytest.approx(each)
+        assert both["rmse_cm"][f"random {kind}"] == pytest.approx(np.mean(each))
+
+
 def test_probe_reads_the_block_it_is_given(tmp_path):
     # block=0 reads other tokens than the last block, so the errors differ
     errors = {}
@@ -74,6 +96,7 @@ def test_probe_renders_the_difficulty_it_is_given(tmp_path):
         ("camera=nope", "unknown camera 'nope'"),
         ("difficulty=easy", "difficulty='easy': choose benchmark or hard"),
         ("block=6", "block 6 does not exist: this encoder has blocks 0..5"),
+        ("random_inits=0", "random_inits=0: give the number of random-initialised encoders to average"),
     ],
 )
 def test_probe_refuses_bad_input_in_one_line(tmp_path, capsys, option, message):
